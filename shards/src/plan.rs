@@ -1,0 +1,104 @@
+//! The data plane's validated view of the configuration.
+//!
+//! `src/config.rs` parses and validates the operator's TOML and turns it into a [`ProxyPlan`]. Shards
+//! only ever see these plain, already-checked values: nothing here can fail, so a shard never has to
+//! report a configuration error from inside the request path.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything one shard needs to serve traffic. Every shard of a process receives a clone.
+#[derive(Clone, Debug)]
+pub struct ProxyPlan {
+    pub tls: TlsFiles,
+    pub quic: QuicSettings,
+    /// Upstream pools, in configuration order. Their index is the upstream id used in routing.
+    pub upstreams: Vec<UpstreamPlan>,
+}
+
+/// PEM files for the QUIC listener. Read by each shard when it builds its quiche configuration.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert_chain: PathBuf,
+    pub private_key: PathBuf,
+}
+
+/// Transport settings advertised to every client.
+#[derive(Clone, Debug)]
+pub struct QuicSettings {
+    /// Connections with no traffic for this long are closed silently (RFC 9000 §10.1).
+    pub idle_timeout: Duration,
+    /// How many request streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u64,
+    /// Flow-control window per request stream, in bytes: bounds what one upload may buffer here.
+    pub stream_window: u64,
+    /// Flow-control window per connection, in bytes.
+    pub connection_window: u64,
+    /// Largest UDP payload we send.
+    pub max_udp_payload: usize,
+}
+
+impl Default for QuicSettings {
+    fn default() -> Self {
+        QuicSettings {
+            idle_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 256,
+            stream_window: 1024 * 1024,
+            connection_window: 16 * 1024 * 1024,
+            max_udp_payload: 1350,
+        }
+    }
+}
+
+/// One backend pool and the requests that go to it.
+#[derive(Clone, Debug)]
+pub struct UpstreamPlan {
+    pub name: String,
+    pub route: RoutePlan,
+    pub balancing: Balancing,
+    pub timeouts: UpstreamTimeouts,
+    pub backends: Vec<BackendPlan>,
+}
+
+/// Which requests an upstream receives.
+#[derive(Clone, Debug)]
+pub struct RoutePlan {
+    /// Requests whose path starts with this prefix match; the longest matching prefix wins.
+    pub path_prefix: String,
+}
+
+/// How a shard picks a backend within a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balancing {
+    /// Smooth weighted round-robin.
+    RoundRobin,
+    /// Weighted random.
+    Random,
+}
+
+/// Time limits on the backend side of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamTimeouts {
+    /// Limit on opening a TCP connection and completing the HTTP/2 handshake with a backend.
+    pub connect: Duration,
+    /// Limit between sending the request headers and receiving the response headers.
+    pub response_headers: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect: Duration::from_secs(2),
+            response_headers: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One backend server, reached over cleartext HTTP/2 (h2c with prior knowledge).
+#[derive(Clone, Debug)]
+pub struct BackendPlan {
+    pub id: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+}
