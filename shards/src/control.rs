@@ -1,0 +1,35 @@
+//! Messages from the coordinator to the shards.
+//!
+//! The coordinator owns process-wide duties (health checking, signals, reload) and publishes their
+//! results to every shard over its own crossbeam channel. Shards poll their channel once per tick
+//! and never block on it; nothing a shard does per request waits for the coordinator.
+
+/// One message to one shard.
+#[derive(Clone, Debug)]
+pub enum ControlMsg {
+    /// Close every connection and stop the shard.
+    Shutdown,
+    /// New backend health state; applied only if newer than what the shard already has.
+    BackendHealth(HealthSnapshot),
+}
+
+/// Which backends may receive traffic, by upstream index then backend index, as in the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthSnapshot {
+    /// Strictly increasing per process; lets shards ignore a stale or repeated snapshot.
+    pub version: u64,
+    pub healthy: Vec<Vec<bool>>,
+}
+
+impl HealthSnapshot {
+    /// Every backend of every upstream healthy: the state before any health check has run.
+    pub fn all_healthy(backends_per_upstream: impl IntoIterator<Item = usize>) -> Self {
+        HealthSnapshot {
+            version: 0,
+            healthy: backends_per_upstream
+                .into_iter()
+                .map(|n| vec![true; n])
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! Header translation between HTTP/3 (RFC 9114 §4.3) and HTTP/2 (RFC 9113 §8.2).
+//!
+//! Sans-IO: this module turns a received HTTP/3 field section into an HTTP/2 request head, or says
+//! precisely why the request is malformed, and turns an HTTP/2 response head into HTTP/3 fields.
+//! Both protocols share pseudo-header rules, so the work is validation (order, duplicates,
+//! lowercase names, no connection-specific fields), cookie crumbs rejoined for backends that expect
+//! one `cookie` line, and the forwarding headers every proxy adds.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Uri};
+
+/// Fields that are meaningful only to one hop of HTTP/1.1 and are forbidden in HTTP/2 and HTTP/3.
+const CONNECTION_SPECIFIC: [&[u8]; 5] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// A request head ready to send to a backend over HTTP/2.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    /// The declared body length, checked against what the client actually sends.
+    pub content_length: Option<u64>,
+}
+
+/// Why a request is malformed (RFC 9114 §4.1.2). The message is safe to show to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Malformed {
+    MissingPseudoHeader(&'static str),
+    DuplicatePseudoHeader(&'static str),
+    UnknownPseudoHeader,
+    PseudoHeaderAfterRegular,
+    UppercaseName,
+    InvalidName,
+    InvalidValue,
+    ConnectionSpecific,
+    InvalidTe,
+    InvalidMethod,
+    InvalidPath,
+    InvalidAuthority,
+    AuthorityMismatch,
+    InvalidContentLength,
+    ConnectNotSupported,
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Malformed::MissingPseudoHeader(name) => write!(f, "missing pseudo-header {name}"),
+            Malformed::DuplicatePseudoHeader(name) => write!(f, "duplicate pseudo-header {name}"),
+            Malformed::UnknownPseudoHeader => f.write_str("unknown pseudo-header"),
+            Malformed::PseudoHeaderAfterRegular => {
+                f.write_str("pseudo-header after a regular header")
+            }
+            Malformed::UppercaseName => f.write_str("header name with uppercase characters"),
+            Malformed::InvalidName => f.write_str("invalid header name"),
+            Malformed::InvalidValue => f.write_str("invalid header value"),
+            Malformed::ConnectionSpecific => f.write_str("connection-specific header field"),
+            Malformed::InvalidTe => f.write_str("te header other than \"trailers\""),
+            Malformed::InvalidMethod => f.write_str("invalid :method"),
+            Malformed::InvalidPath => f.write_str("invalid :path"),
+            Malformed::InvalidAuthority => f.write_str("invalid :authority"),
+            Malformed::AuthorityMismatch => f.write_str(":authority and host disagree"),
+            Malformed::InvalidContentLength => f.write_str("invalid content-length"),
+            Malformed::ConnectNotSupported => f.write_str("CONNECT is not supported"),
+        }
+    }
+}
+
+/// Where a request came from, for the forwarding headers.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientInfo {
+    pub ip: IpAddr,
+}
+
+#[derive(Default)]
+struct Pseudo<'a> {
+    method: Option<&'a [u8]>,
+    scheme: Option<&'a [u8]>,
+    authority: Option<&'a [u8]>,
+    path: Option<&'a [u8]>,
+}
+
+fn set_once<'a>(
+    slot: &mut Option<&'a [u8]>,
+    value: &'a [u8],
+    name: &'static str,
+) -> Result<(), Malformed> {
+    if slot.replace(value).is_some() {
+        return Err(Malformed::DuplicatePseudoHeader(name));
+    }
+    Ok(())
+}
+
+/// Validates an HTTP/3 request field section and builds the HTTP/2 request head.
+///
+/// `fields` yields (name, value) pairs in received order.
+pub fn translate_request<'a>(
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    client: ClientInfo,
+) -> Result<RequestHead, Malformed> {
+    let mut pseudo = Pseudo::default();
+    let mut headers = HeaderMap::new();
+    let mut cookies: Vec<&[u8]> = Vec::new();
+    let mut host: Option<&[u8]> = None;
+    let mut content_length: Option<u64> = None;
+    let mut regular_seen = false;
+
+    for (name, value) in fields {
+        if let Some(pseudo_name) = name.strip_prefix(b":") {
+            if regular_seen {
+                return Err(Malformed::PseudoHeaderAfterRegular);
+            }
+            match pseudo_name {
+                b"method" => set_once(&mut pseudo.method, value, ":method")?,
+                b"scheme" => set_once(&mut pseudo.scheme, value, ":scheme")?,
+                b"authority" => set_once(&mut pseudo.authority, value, ":authority")?,
+                b"path" => set_once(&mut pseudo.path, value, ":path")?,
+                _ => return Err(Malformed::UnknownPseudoHeader),
+            }
+            continue;
+        }
+        regular_seen = true;
+        if name.iter().any(u8::is_ascii_uppercase) {
+            return Err(Malformed::UppercaseName);
+        }
+        if CONNECTION_SPECIFIC.contains(&name) {
+            return Err(Malformed::ConnectionSpecific);
+        }
+        if name == b"te" && value != b"trailers" {
+            return Err(Malformed::InvalidTe);
+        }
+        if !valid_value(value) {
+            return Err(Malformed::InvalidValue);
+        }
+        match name {
+            b"cookie" => {
+                cookies.push(value);
+                continue;
+            }
+            b"host" => host = Some(value),
+            b"content-length" => {
+                let parsed = parse_content_length(value)?;
+                if content_length.is_some_and(|previous| previous != parsed) {
+                    return Err(Malformed::InvalidContentLength);
+                }
+                content_length = Some(parsed);
+            }
+            _ => {}
+        }
+        let header_name = HeaderName::from_bytes(name).map_err(|_| Malformed::InvalidName)?;
+        let header_value =
+            HeaderValue::from_bytes(value).map_err(|_| Malformed::InvalidValue)?;
+        headers.append(header_name, header_value);
+    }
+
+    let method_bytes = pseudo
+        .method
+        .ok_or(Malformed::MissingPseudoHeader(":method"))?;
+    let method = Method::from_bytes(method_bytes).map_err(|_| Malformed::InvalidMethod)?;
+    if method == Method::CONNECT {
+        return Err(Malformed::ConnectNotSupported);
+    }
+    let scheme = pseudo
+        .scheme
+        .ok_or(Malformed::MissingPseudoHeader(":scheme"))?;
+    let path = pseudo.path.ok_or(Malformed::MissingPseudoHeader(":path"))?;
+    if path.is_empty() || !(path[0] == b'/' || (path == b"*" && method == Method::OPTIONS)) {
+        return Err(Malformed::InvalidPath);
+    }
+    // RFC 9114 §4.3.1: http and https requests carry :authority or host, and they must agree.
+    let authority = match (pseudo.authority, host) {
+        (Some(a), Some(h)) if a != h => return Err(Malformed::AuthorityMismatch),
+        (Some(a), _) => a,
+        (None, Some(h)) => h,
+        (None, None) => return Err(Malformed::MissingPseudoHeader(":authority")),
+    };
+    if authority.is_empty() {
+        return Err(Malformed::InvalidAuthority);
+    }
+    let uri = build_uri(scheme, authority, path)?;
+
+    if !cookies.is_empty() {
+        // RFC 9114 §4.2.1: crumbs are rejoined with "; " before passing to a non-HTTP/3 hop.
+        let joined = cookies.join(&b"; "[..]);
+        let value = HeaderValue::from_bytes(&joined).map_err(|_| Malformed::InvalidValue)?;
+        headers.insert(http::header::COOKIE, value);
+    }
+    add_forwarding_headers(&mut headers, client);
+
+    Ok(RequestHead {
+        method,
+        uri,
+        headers,
+        content_length,
+    })
+}
+
+fn build_uri(scheme: &[u8], authority: &[u8], path: &[u8]) -> Result<Uri, Malformed> {
+    let scheme = http::uri::Scheme::try_from(scheme).map_err(|_| Malformed::InvalidPath)?;
+    let authority =
+        http::uri::Authority::try_from(authority).map_err(|_| Malformed::InvalidAuthority)?;
+    let path = http::uri::PathAndQuery::try_from(path).map_err(|_| Malformed::InvalidPath)?;
+    Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Malformed::InvalidPath)
+}
+
+fn parse_content_length(value: &[u8]) -> Result<u64, Malformed> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || value.len() > 19 {
+        return Err(Malformed::InvalidContentLength);
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(Malformed::InvalidContentLength)
+}
+
+/// RFC 9110 §5.5: no NUL, CR or LF, and no leading or trailing whitespace.
+fn valid_value(value: &[u8]) -> bool {
+    let edge_ok = |b: Option<&u8>| !matches!(b, Some(b' ') | Some(b'\t'));
+    !value.iter().any(|b| matches!(b, 0 | b'\r' | b'\n'))
+        && edge_ok(value.first())
+        && edge_ok(value.last())
+}
+
+fn add_forwarding_headers(headers: &mut HeaderMap, client: ClientInfo) {
+    let ip = client.ip.to_string();
+    let forwarded_for = match headers.get("x-forwarded-for") {
+        Some(existing) => {
+            let mut chain = existing.as_bytes().to_vec();
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&chain)
+        }
+        None => HeaderValue::from_str(&ip),
+    };
+    if let Ok(value) = forwarded_for {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+}
+
+/// Converts a backend's response head to HTTP/3 fields, `:status` first, dropping fields that are
+/// connection-specific (an HTTP/2 peer should never send them, but a lenient one might).
+pub fn translate_response(status: u16, headers: &HeaderMap) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut fields = Vec::with_capacity(headers.len() + 1);
+    fields.push((b":status".to_vec(), status.to_string().into_bytes()));
+    fields.extend(forwardable_fields(headers));
+    fields
+}
+
+/// Converts trailers (either direction) to field pairs, dropping connection-specific fields.
+pub fn translate_trailers(headers: &HeaderMap) -> Vec<(Vec<u8>, Vec<u8>)> {
+    forwardable_fields(headers).collect()
+}
+
+fn forwardable_fields(headers: &HeaderMap) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+    headers
+        .iter()
+        .filter(|(name, _)| !CONNECTION_SPECIFIC.contains(&name.as_str().as_bytes()))
+        .map(|(name, value)| (name.as_str().as_bytes().to_vec(), value.as_bytes().to_vec()))
+}
+
+/// Validates HTTP/3 request trailers and converts them for HTTP/2. Pseudo-headers are forbidden in
+/// trailers (RFC 9114 §4.3).
+pub fn translate_request_trailers<'a>(
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<HeaderMap, Malformed> {
+    let mut map = HeaderMap::new();
+    for (name, value) in fields {
+        if name.starts_with(b":") {
+            return Err(Malformed::PseudoHeaderAfterRegular);
+        }
+        if name.iter().any(u8::is_ascii_uppercase) {
+            return Err(Malformed::UppercaseName);
+        }
+        if CONNECTION_SPECIFIC.contains(&name) {
+            return Err(Malformed::ConnectionSpecific);
+        }
+        let header_name = HeaderName::from_bytes(name).map_err(|_| Malformed::InvalidName)?;
+        let header_value =
+            HeaderValue::from_bytes(value).map_err(|_| Malformed::InvalidValue)?;
+        map.append(header_name, header_value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> ClientInfo {
+        ClientInfo {
+            ip: "192.0.2.7".parse().unwrap(),
+        }
+    }
+
+    fn request(fields: &[(&str, &str)]) -> Result<RequestHead, Malformed> {
+        translate_request(
+            fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+            client(),
+        )
+    }
+
+    const BASE: [(&str, &str); 4] = [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "example.com"),
+        (":path", "/a?b=c"),
+    ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        BASE.iter().chain(extra).copied().collect()
+    }
+
+    #[test]
+    fn valid_request_translates() {
+        let head = request(&with(&[("accept", "*/*")])).unwrap();
+        assert_eq!(head.method, Method::GET);
+        assert_eq!(head.uri.to_string(), "https://example.com/a?b=c");
+        assert_eq!(head.headers["accept"], "*/*");
+        assert_eq!(head.headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(head.headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn cookie_crumbs_are_rejoined() {
+        let head = request(&with(&[("cookie", "a=1"), ("x", "y"), ("cookie", "b=2")])).unwrap();
+        assert_eq!(head.headers.get_all("cookie").iter().count(), 1);
+        assert_eq!(head.headers["cookie"], "a=1; b=2");
+    }
+
+    #[test]
+    fn forwarded_for_chain_is_extended() {
+        let head = request(&with(&[("x-forwarded-for", "198.51.100.1")])).unwrap();
+        assert_eq!(head.headers["x-forwarded-for"], "198.51.100.1, 192.0.2.7");
+    }
+
+    #[test]
+    fn missing_pseudo_headers_are_malformed() {
+        for missing in [":method", ":scheme", ":path"] {
+            let fields: Vec<_> = BASE.iter().filter(|(n, _)| *n != missing).copied().collect();
+            assert_eq!(
+                request(&fields).unwrap_err(),
+                Malformed::MissingPseudoHeader(missing)
+            );
+        }
+        let no_authority: Vec<_> = BASE
+            .iter()
+            .filter(|(n, _)| *n != ":authority")
+            .copied()
+            .collect();
+        assert_eq!(
+            request(&no_authority).unwrap_err(),
+            Malformed::MissingPseudoHeader(":authority")
+        );
+        let mut with_host = no_authority.clone();
+        with_host.push(("host", "example.com"));
+        assert_eq!(request(&with_host).unwrap().uri.host(), Some("example.com"));
+    }
+
+    #[test]
+    fn ordering_and_duplicates_are_checked() {
+        let mut late = with(&[("accept", "*/*")]);
+        late.push((":method", "GET"));
+        assert_eq!(
+            request(&late).unwrap_err(),
+            Malformed::PseudoHeaderAfterRegular
+        );
+        let mut dup: Vec<_> = BASE.to_vec();
+        dup.insert(1, (":path", "/other"));
+        assert_eq!(
+            request(&dup).unwrap_err(),
+            Malformed::DuplicatePseudoHeader(":path")
+        );
+        let mut unknown: Vec<_> = BASE.to_vec();
+        unknown.insert(0, (":protocol", "websocket"));
+        assert_eq!(request(&unknown).unwrap_err(), Malformed::UnknownPseudoHeader);
+    }
+
+    #[test]
+    fn names_and_values_are_checked() {
+        assert_eq!(
+            request(&with(&[("Accept", "*/*")])).unwrap_err(),
+            Malformed::UppercaseName
+        );
+        for field in ["connection", "keep-alive", "transfer-encoding", "upgrade"] {
+            assert_eq!(
+                request(&with(&[(field, "x")])).unwrap_err(),
+                Malformed::ConnectionSpecific
+            );
+        }
+        assert_eq!(
+            request(&with(&[("te", "gzip")])).unwrap_err(),
+            Malformed::InvalidTe
+        );
+        assert!(request(&with(&[("te", "trailers")])).is_ok());
+        assert_eq!(
+            request(&with(&[("x", "a\r\nb")])).unwrap_err(),
+            Malformed::InvalidValue
+        );
+        assert_eq!(
+            request(&with(&[("x", " padded")])).unwrap_err(),
+            Malformed::InvalidValue
+        );
+        assert_eq!(
+            request(&with(&[("bad name", "x")])).unwrap_err(),
+            Malformed::InvalidName
+        );
+    }
+
+    #[test]
+    fn content_length_is_parsed_and_checked() {
+        assert_eq!(
+            request(&with(&[("content-length", "42")]))
+                .unwrap()
+                .content_length,
+            Some(42)
+        );
+        assert_eq!(
+            request(&with(&[("content-length", "4x")])).unwrap_err(),
+            Malformed::InvalidContentLength
+        );
+        assert_eq!(
+            request(&with(&[("content-length", "1"), ("content-length", "2")])).unwrap_err(),
+            Malformed::InvalidContentLength
+        );
+    }
+
+    #[test]
+    fn authority_and_host_must_agree() {
+        assert_eq!(
+            request(&with(&[("host", "other.example")])).unwrap_err(),
+            Malformed::AuthorityMismatch
+        );
+    }
+
+    #[test]
+    fn connect_is_refused() {
+        let fields = [(":method", "CONNECT"), (":authority", "example.com:443")];
+        assert_eq!(request(&fields).unwrap_err(), Malformed::ConnectNotSupported);
+    }
+
+    #[test]
+    fn response_translation_puts_status_first_and_drops_hop_by_hop() {
+        let mut map = HeaderMap::new();
+        map.insert("content-type", HeaderValue::from_static("text/plain"));
+        map.insert("connection", HeaderValue::from_static("close"));
+        let fields = translate_response(204, &map);
+        assert_eq!(fields[0], (b":status".to_vec(), b"204".to_vec()));
+        assert_eq!(fields.len(), 2);
+        assert_eq!(fields[1].0, b"content-type");
+    }
+}

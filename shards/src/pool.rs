@@ -1,0 +1,201 @@
+//! One shard's HTTP/2 connections to one backend.
+//!
+//! Requests share multiplexed connections. A connection takes new streams until it holds as many
+//! as the backend's SETTINGS_MAX_CONCURRENT_STREAMS allows; then the pool opens another. A
+//! connection that fails is dropped from the pool and the next request opens a fresh one. Opening
+//! is done by a detached task, so a client that cancels its request cannot leave the pool stuck in
+//! "connecting"; requests that arrive meanwhile wait for that attempt instead of each opening
+//! their own.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::net::TcpStream;
+use h2::client::SendRequest;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::stats::ShardStats;
+
+/// Receive windows we grant backends: large enough for full speed over a LAN, small enough that a
+/// slow client bounds what one stream can hold here.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Why no stream could be opened to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectError {
+    Refused,
+    TimedOut,
+    Handshake,
+}
+
+struct PooledConnection {
+    sender: SendRequest<Bytes>,
+    in_flight: Cell<usize>,
+    closed: Rc<Cell<bool>>,
+}
+
+impl PooledConnection {
+    fn has_room(&self) -> bool {
+        !self.closed.get() && self.in_flight.get() < self.sender.current_max_send_streams()
+    }
+}
+
+/// A stream slot held on one pooled connection; giving it back is dropping it.
+pub struct Lease {
+    connection: Rc<PooledConnection>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let n = self.connection.in_flight.get();
+        self.connection.in_flight.set(n.saturating_sub(1));
+    }
+}
+
+impl Lease {
+    /// Marks the connection unusable, so no new stream is placed on it.
+    pub fn mark_broken(&self) {
+        self.connection.closed.set(true);
+    }
+}
+
+pub struct BackendPool {
+    address: SocketAddr,
+    connect_timeout: Duration,
+    connections: RefCell<Vec<Rc<PooledConnection>>>,
+    connecting: Cell<bool>,
+    /// Bumped when a connection attempt ends; waiters compare it with the value they saw.
+    attempts_finished: Cell<u64>,
+    last_attempt: Cell<Result<(), ConnectError>>,
+    waiters: RefCell<Vec<Waker>>,
+    stats: Arc<ShardStats>,
+}
+
+impl BackendPool {
+    pub fn new(address: SocketAddr, connect_timeout: Duration, stats: Arc<ShardStats>) -> Rc<Self> {
+        Rc::new(BackendPool {
+            address,
+            connect_timeout,
+            connections: RefCell::new(Vec::new()),
+            connecting: Cell::new(false),
+            attempts_finished: Cell::new(0),
+            last_attempt: Cell::new(Ok(())),
+            waiters: RefCell::new(Vec::new()),
+            stats,
+        })
+    }
+
+    /// Open connections (including ones that have not noticed they died yet).
+    pub fn connection_count(&self) -> usize {
+        self.connections.borrow().len()
+    }
+
+    /// Returns a sender ready to open one stream, and the lease that accounts for it.
+    pub async fn acquire(self: &Rc<Self>) -> Result<(SendRequest<Bytes>, Lease), ConnectError> {
+        loop {
+            if let Some(connection) = self.connection_with_room() {
+                connection.in_flight.set(connection.in_flight.get() + 1);
+                let lease = Lease {
+                    connection: connection.clone(),
+                };
+                match connection.sender.clone().ready().await {
+                    Ok(sender) => return Ok((sender, lease)),
+                    Err(e) => {
+                        log::debug!("h2 connection to {} unusable: {e}", self.address);
+                        lease.mark_broken();
+                        continue;
+                    }
+                }
+            }
+            let seen = self.attempts_finished.get();
+            if !self.connecting.get() {
+                self.connecting.set(true);
+                glommio::spawn_local(Self::open_connection(self.clone())).detach();
+            }
+            self.attempt_after(seen).await?;
+        }
+    }
+
+    fn connection_with_room(&self) -> Option<Rc<PooledConnection>> {
+        let mut connections = self.connections.borrow_mut();
+        connections.retain(|c| !c.closed.get());
+        connections.iter().find(|c| c.has_room()).cloned()
+    }
+
+    /// Waits until the attempt running after `seen` finishes, and returns its outcome.
+    async fn attempt_after(&self, seen: u64) -> Result<(), ConnectError> {
+        poll_fn(|cx| {
+            if self.attempts_finished.get() != seen {
+                return Poll::Ready(self.last_attempt.get());
+            }
+            self.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    async fn open_connection(self: Rc<Self>) {
+        let outcome = futures_lite::future::or(self.connect(), async {
+            glommio::timer::sleep(self.connect_timeout).await;
+            Err(ConnectError::TimedOut)
+        })
+        .await;
+        match outcome {
+            Ok(connection) => {
+                self.stats.backend_connects.incr();
+                self.connections.borrow_mut().push(connection);
+                self.last_attempt.set(Ok(()));
+            }
+            Err(e) => {
+                self.stats.backend_connect_failures.incr();
+                log::debug!("connect to backend {} failed: {e:?}", self.address);
+                self.last_attempt.set(Err(e));
+            }
+        }
+        self.connecting.set(false);
+        self.attempts_finished
+            .set(self.attempts_finished.get().wrapping_add(1));
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    async fn connect(&self) -> Result<Rc<PooledConnection>, ConnectError> {
+        let stream = TcpStream::connect(self.address)
+            .await
+            .map_err(|_| ConnectError::Refused)?;
+        // Without it Nagle holds small frames (HEADERS, WINDOW_UPDATE) back for up to 40 ms.
+        stream
+            .set_nodelay(true)
+            .map_err(|_| ConnectError::Refused)?;
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_reset_streams(1024)
+            .handshake::<_, Bytes>(stream.compat())
+            .await
+            .map_err(|_| ConnectError::Handshake)?;
+        let closed = Rc::new(Cell::new(false));
+        let closed_by_driver = closed.clone();
+        let address = self.address;
+        glommio::spawn_local(async move {
+            if let Err(e) = connection.await {
+                log::debug!("h2 connection to {address} ended: {e}");
+            }
+            closed_by_driver.set(true);
+        })
+        .detach();
+        Ok(Rc::new(PooledConnection {
+            sender,
+            in_flight: Cell::new(0),
+            closed,
+        }))
+    }
+}

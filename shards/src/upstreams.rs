@@ -1,0 +1,85 @@
+//! The shard's view of its upstream pools: routing table, balancers and HTTP/2 pools.
+//!
+//! Built once per shard from the plan; every piece is the shard's own, so picking a backend and
+//! finding a connection to it touch no shared state.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::balancer::Balancer;
+use crate::control::HealthSnapshot;
+use crate::plan::{ProxyPlan, UpstreamPlan};
+use crate::pool::BackendPool;
+use crate::router::{Router, UpstreamIndex};
+use crate::stats::ShardStats;
+
+pub struct Upstream {
+    pub plan: UpstreamPlan,
+    pub balancer: RefCell<Balancer>,
+    /// One pool per backend, in plan order.
+    pub pools: Vec<Rc<BackendPool>>,
+}
+
+pub struct Upstreams {
+    pub router: Router,
+    pub list: Vec<Upstream>,
+    health_version: std::cell::Cell<Option<u64>>,
+}
+
+impl Upstreams {
+    pub fn new(plan: &ProxyPlan, shard_index: usize, stats: &Arc<ShardStats>) -> Self {
+        let list = plan
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, upstream)| Upstream {
+                plan: upstream.clone(),
+                // Different seeds per shard and upstream keep random picks uncorrelated.
+                balancer: RefCell::new(Balancer::new(
+                    upstream.balancing,
+                    &upstream.backends,
+                    seed(shard_index, i),
+                )),
+                pools: upstream
+                    .backends
+                    .iter()
+                    .map(|b| BackendPool::new(b.address, upstream.timeouts.connect, stats.clone()))
+                    .collect(),
+            })
+            .collect();
+        Upstreams {
+            router: Router::new(&plan.upstreams),
+            list,
+            health_version: std::cell::Cell::new(None),
+        }
+    }
+
+    pub fn get(&self, index: UpstreamIndex) -> &Upstream {
+        &self.list[index]
+    }
+
+    /// Applies a health snapshot unless an equal or newer one was already applied.
+    pub fn apply_health(&self, snapshot: &HealthSnapshot) -> bool {
+        if self
+            .health_version
+            .get()
+            .is_some_and(|v| v >= snapshot.version)
+        {
+            return false;
+        }
+        self.health_version.set(Some(snapshot.version));
+        for (upstream, healthy) in self.list.iter().zip(&snapshot.healthy) {
+            upstream.balancer.borrow_mut().set_health(healthy);
+        }
+        true
+    }
+}
+
+fn seed(shard_index: usize, upstream_index: usize) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ ((shard_index as u64) << 32) ^ (upstream_index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}

@@ -1,0 +1,83 @@
+//! `spooky --demo`: a working proxy with nothing to configure.
+//!
+//! Generates a throwaway CA and a certificate for localhost, starts the built-in backend, and
+//! routes every path to it. Meant for a first look and for checking a machine can run Spooky; it
+//! is not a production mode.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use shards::plan::{
+    BackendPlan, Balancing, ProxyPlan, QuicSettings, RoutePlan, TlsFiles, UpstreamPlan,
+    UpstreamTimeouts,
+};
+
+use crate::{demo_backend, selfsigned, ProxySettings};
+
+/// Builds the demo's settings and the text that tells the user what to do next.
+pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
+    let dir = demo_dir();
+    std::fs::create_dir_all(&dir)?;
+    let certs = selfsigned::generate(&dir)?;
+    let backend = demo_backend::start("127.0.0.1:0".parse().expect("literal address"))?;
+    let cpu = first_allowed_cpu();
+    let plan = ProxyPlan {
+        tls: TlsFiles {
+            cert_chain: certs.cert_chain.clone(),
+            private_key: certs.private_key.clone(),
+        },
+        quic: QuicSettings::default(),
+        upstreams: vec![UpstreamPlan {
+            name: "demo".into(),
+            route: RoutePlan {
+                path_prefix: "/".into(),
+            },
+            balancing: Balancing::RoundRobin,
+            timeouts: UpstreamTimeouts::default(),
+            backends: vec![BackendPlan {
+                id: "built-in".into(),
+                address: backend,
+                weight: 100,
+            }],
+        }],
+    };
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let guide = format!(
+        "Spooky demo is running.\n\
+         \x20 HTTP/3 listener: https://localhost:{port}/ (UDP 127.0.0.1:{port})\n\
+         \x20 built-in HTTP/2 backend: {backend}\n\
+         \x20 CA certificate to trust: {}\n\
+         Try: spooky-bench get --ca {} https://localhost:{port}/hello\n\
+         Stop with Ctrl-C.",
+        certs.ca.display(),
+        certs.ca.display(),
+    );
+    Ok((
+        ProxySettings {
+            listen,
+            cores: vec![cpu],
+            plan,
+        },
+        guide,
+    ))
+}
+
+fn demo_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("spooky-demo-{}", std::process::id()))
+}
+
+fn first_allowed_cpu() -> usize {
+    // SAFETY: sched_getaffinity fills a cpu_set_t we own; CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            for cpu in 0..libc::CPU_SETSIZE as usize {
+                if libc::CPU_ISSET(cpu, &set) {
+                    return cpu;
+                }
+            }
+        }
+    }
+    0
+}

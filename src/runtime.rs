@@ -1,0 +1,180 @@
+//! Starting and stopping the shards of one process.
+//!
+//! Sockets are bound here, before any shard starts, so that an address in use fails startup with
+//! a clear message and a port of 0 resolves to one port every shard shares. Each shard then runs
+//! pinned to its CPU until the coordinator tells it to stop.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shards::plan::ProxyPlan;
+use shards::{ShardSpec, ShardStats, ShardThread};
+
+use crate::coordinator::Coordinator;
+
+/// What a process serves, and on which CPUs.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    /// One shard per entry, pinned to that CPU.
+    pub cores: Vec<usize>,
+    pub plan: ProxyPlan,
+}
+
+#[derive(Debug)]
+pub enum StartError {
+    Bind { address: SocketAddr, source: io::Error },
+    Tls(shards::ShardError),
+    Shard { index: usize, source: shards::ShardError },
+    Random,
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind { address, source } => {
+                write!(f, "cannot bind UDP {address}: {source}")
+            }
+            StartError::Tls(source) => write!(f, "{source}"),
+            StartError::Shard { index, source } => write!(f, "shard {index}: {source}"),
+            StartError::Random => f.write_str("no randomness available for connection IDs"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+struct ShardHandle {
+    cpu: usize,
+    stats: Arc<ShardStats>,
+    thread: Option<ShardThread>,
+}
+
+/// A started proxy. Dropping it stops the shards.
+pub struct RunningProxy {
+    local_addr: SocketAddr,
+    shards: Vec<ShardHandle>,
+    coordinator: Coordinator,
+}
+
+impl RunningProxy {
+    pub fn start(settings: ProxySettings) -> Result<Self, StartError> {
+        // Validate TLS material once, here, so a bad file fails startup instead of every shard.
+        shards::shard::quic_config(&settings.plan).map_err(StartError::Tls)?;
+        let sockets = shards::socket::bind_reuseport_group(settings.listen, settings.cores.len())
+            .map_err(|source| StartError::Bind {
+                address: settings.listen,
+                source,
+            })?;
+        let local_addr = sockets[0].local_addr().map_err(|source| StartError::Bind {
+            address: settings.listen,
+            source,
+        })?;
+        let cid_secret = random_secret()?;
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for (index, (socket, cpu)) in sockets.into_iter().zip(&settings.cores).enumerate() {
+            let (sender, receiver) = crossbeam_channel::unbounded();
+            let stats = Arc::new(ShardStats::default());
+            let thread = shards::spawn(ShardSpec {
+                index,
+                cpu: *cpu,
+                socket,
+                plan: settings.plan.clone(),
+                control: receiver,
+                stats: stats.clone(),
+                cid_secret,
+            })
+            .map_err(|source| StartError::Shard { index, source })?;
+            senders.push(sender);
+            handles.push(ShardHandle {
+                cpu: *cpu,
+                stats,
+                thread: Some(thread),
+            });
+        }
+        let mut coordinator = Coordinator::new(senders);
+        coordinator.publish_health(
+            settings
+                .plan
+                .upstreams
+                .iter()
+                .map(|u| vec![true; u.backends.len()])
+                .collect(),
+        );
+        Ok(RunningProxy {
+            local_addr,
+            shards: handles,
+            coordinator,
+        })
+    }
+
+    /// The UDP address clients reach (port resolved if 0 was configured).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Each shard's counters, in shard order.
+    pub fn shard_stats(&self) -> Vec<Arc<ShardStats>> {
+        self.shards.iter().map(|s| s.stats.clone()).collect()
+    }
+
+    /// The CPU each shard is pinned to, in shard order.
+    pub fn shard_cpus(&self) -> Vec<usize> {
+        self.shards.iter().map(|s| s.cpu).collect()
+    }
+
+    pub fn coordinator(&mut self) -> &mut Coordinator {
+        &mut self.coordinator
+    }
+
+    /// Waits until every shard serves traffic, or `limit` passes.
+    pub fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.shards.iter().all(|s| s.stats.running.get() == 1) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Stops every shard and waits for their threads. Returns the first shard error.
+    pub fn shutdown(mut self) -> Result<(), shards::ShardError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), shards::ShardError> {
+        self.coordinator.shutdown();
+        let mut first_error = Ok(());
+        for shard in &mut self.shards {
+            if let Some(thread) = shard.thread.take() {
+                if let Err(e) = thread.join() {
+                    if first_error.is_ok() {
+                        first_error = Err(e);
+                    }
+                }
+            }
+        }
+        first_error
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn random_secret() -> Result<[u8; 32], StartError> {
+    let mut secret = [0u8; 32];
+    let mut file = std::fs::File::open("/dev/urandom").map_err(|_| StartError::Random)?;
+    io::Read::read_exact(&mut file, &mut secret).map_err(|_| StartError::Random)?;
+    Ok(secret)
+}
