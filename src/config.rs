@@ -1,0 +1,127 @@
+//! Spooky's configuration: reading the operator's TOML file, checking it, and turning it into the
+//! data plane's [`ProxyPlan`].
+//!
+//! This module owns every decision about what a valid configuration is, so that the rest of the
+//! process only ever sees checked values: the runtime asks a [`Config`] where to listen, which CPUs
+//! to pin shards to and how loud to log, and hands each shard the [`ProxyPlan`] from
+//! [`Config::plan`]. Nothing downstream re-validates.
+//!
+//! Loading happens in two stages with different error behaviour:
+//! 1. [`model`] deserializes the TOML into plain structs that reject unknown keys. Serde stops at
+//!    the first mismatch, so this stage reports one problem, with its full key path (thanks to
+//!    `serde_path_to_error`) and line.
+//! 2. [`validate`] checks values, the certificate files and the CPUs, and reports every problem it
+//!    finds, so an operator can fix a file in one pass.
+//!
+//! The schema is documented for operators in `docs/configuration.md`; keep the two in step.
+
+mod error;
+mod model;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use log::LevelFilter;
+use shards::plan::ProxyPlan;
+
+pub use error::{ConfigError, ErrorKind, Problem};
+
+use model::RawConfig;
+use validate::Host;
+
+/// A configuration that passed every check.
+#[derive(Clone, Debug)]
+pub struct Config {
+    origin: PathBuf,
+    listen: SocketAddr,
+    cores: Vec<usize>,
+    log_level: LevelFilter,
+    plan: ProxyPlan,
+}
+
+impl Config {
+    /// The UDP address to bind the QUIC listener to. Port 0 means the kernel picks a free port.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// One entry per shard: the CPU that shard's thread is pinned to, in configuration order.
+    /// Never empty, never contains duplicates, and every CPU was in this process's affinity mask
+    /// when the configuration was loaded.
+    pub fn cores(&self) -> Vec<usize> {
+        self.cores.clone()
+    }
+
+    pub fn log_level(&self) -> LevelFilter {
+        self.log_level
+    }
+
+    /// The plan every shard receives. Certificate paths in it are absolute.
+    pub fn plan(&self) -> ProxyPlan {
+        self.plan.clone()
+    }
+
+    /// The file this configuration was read from (or the origin passed to [`parse`]).
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+}
+
+/// Reads and checks the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            path,
+            ErrorKind::Read,
+            vec![Problem::new(
+                "",
+                format!("cannot read configuration file: {e}"),
+            )],
+        )
+    })?;
+    parse(&text, path)
+}
+
+/// Checks configuration `text` as if it had been read from `origin`.
+///
+/// `origin` names the file in error messages, and relative certificate paths are resolved against
+/// its directory. CPU indices are checked against the calling thread's affinity mask, so call this
+/// before pinning any thread.
+pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    parse_with_host(text, origin, &Host::current())
+}
+
+fn parse_with_host(text: &str, origin: &Path, host: &Host) -> Result<Config, ConfigError> {
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|e| ConfigError::new(origin, ErrorKind::Parse, vec![parse_problem(text, &e)]))?;
+    validate::validate(raw, origin, host)
+        .map_err(|problems| ConfigError::new(origin, ErrorKind::Invalid, problems))
+}
+
+fn parse_problem(text: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> Problem {
+    let path = e.path().to_string();
+    // serde_path_to_error renders the document root as "."; syntax errors happen there, before
+    // any key is known, and are better shown with no key at all.
+    let key = if path == "." { String::new() } else { path };
+    let inner = e.inner();
+    Problem {
+        key,
+        // toml's syntax messages can span lines; keep the one-problem-per-line contract.
+        message: inner.message().trim().replace('\n', "; "),
+        line: inner.span().map(|span| line_of(text, span.start)),
+    }
+}
+
+/// 1-based line number of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}

@@ -1,0 +1,183 @@
+//! The configuration file's schema, exactly as written by the operator.
+//!
+//! These types only describe shape: every table rejects unknown keys, so a misspelt key fails
+//! loudly instead of silently falling back to a default. Numbers are kept as TOML's native `i64`
+//! and strings stay strings, so that range and format checks happen in `validate`, which can
+//! report all of them at once with operator-friendly wording, instead of serde stopping at the
+//! first out-of-range integer with a message about Rust types.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// A TOML integer, range-checked later by `validate`.
+///
+/// Plain `i64` would work, but serde would then describe a type mismatch as "expected i64";
+/// operators should read "expected an integer".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Int(pub i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntVisitor;
+
+        impl Visitor<'_> for IntVisitor {
+            type Value = Int;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Int, E> {
+                // TOML integers are i64, so this only guards other deserializers.
+                i64::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+        }
+
+        deserializer.deserialize_i64(IntVisitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub quic: RawQuic,
+    /// Absent and empty are both reported by validation as "no upstreams", alongside any other
+    /// problem, rather than as a parse error that would hide the rest.
+    #[serde(default)]
+    pub upstream: Upstreams,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub address: String,
+    pub port: Int,
+    pub tls: RawTls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub cores: Option<Vec<Int>>,
+    pub shards: Option<Int>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuic {
+    pub idle_timeout_ms: Option<Int>,
+    pub max_concurrent_streams: Option<Int>,
+    pub stream_window: Option<Int>,
+    pub connection_window: Option<Int>,
+    pub max_udp_payload_size: Option<Int>,
+}
+
+/// The `[upstream.NAME]` tables in the order they appear in the file.
+///
+/// The order matters: it becomes the upstream index the data plane uses as an id, and keeping
+/// file order makes logs and plans line up with what the operator wrote. A `BTreeMap` would
+/// sort by name instead, so this collects the map entries itself.
+#[derive(Debug, Default)]
+pub struct Upstreams(pub Vec<(String, RawUpstream)>);
+
+impl<'de> Deserialize<'de> for Upstreams {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UpstreamsVisitor;
+
+        impl<'de> Visitor<'de> for UpstreamsVisitor {
+            type Value = Upstreams;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of upstream pools, one `[upstream.NAME]` table each")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Upstreams, A::Error> {
+                // TOML itself rejects a table defined twice, so no duplicate-name check here.
+                let mut entries = Vec::new();
+                while let Some((name, upstream)) = map.next_entry::<String, RawUpstream>()? {
+                    entries.push((name, upstream));
+                }
+                Ok(Upstreams(entries))
+            }
+        }
+
+        deserializer.deserialize_map(UpstreamsVisitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub route: RawRoute,
+    #[serde(default)]
+    pub load_balancing: Option<RawLoadBalancing>,
+    #[serde(default)]
+    pub timeouts: Option<RawTimeouts>,
+    /// Defaults to empty so that an empty pool is reported by validation with its key path.
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path_prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoadBalancing {
+    #[serde(rename = "type")]
+    pub kind: BalancingKind,
+}
+
+/// Only the strategies the data plane implements; serde's "unknown variant" error lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalancingKind {
+    RoundRobin,
+    Random,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect_ms: Option<Int>,
+    pub response_headers_ms: Option<Int>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub id: String,
+    pub address: String,
+    pub weight: Option<Int>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<String>,
+}

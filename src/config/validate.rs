@@ -1,0 +1,558 @@
+//! Semantic checks: turns a schema-valid [`RawConfig`] into a [`Config`], or lists everything wrong.
+//!
+//! Serde can only stop at the first problem; here every check runs and every failure is collected,
+//! so one `spooky --check` shows the operator the whole list. This is also the only place that
+//! looks outside the file (certificate files, the CPUs this process may run on), so that the data
+//! plane receives a plan it can use without further checks.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::LevelFilter;
+use shards::plan::{
+    BackendPlan, Balancing, ProxyPlan, QuicSettings, RoutePlan, TlsFiles, UpstreamPlan,
+    UpstreamTimeouts,
+};
+
+use super::error::Problem;
+use super::model::{BalancingKind, Int, RawConfig, RawQuic, RawRuntime, RawUpstream};
+use super::Config;
+
+/// Flow-control windows smaller than this stall transfers on any real path; QUIC implementations
+/// commonly treat 16 KiB as the floor too.
+pub const MIN_WINDOW: i64 = 16 * 1024;
+/// Largest value a QUIC variable-length integer can carry (RFC 9000 §16); transport parameters
+/// above it cannot be advertised.
+pub const VARINT_MAX: i64 = (1 << 62) - 1;
+/// RFC 9000 §4.6: a stream limit above 2^60 is a protocol error.
+pub const MAX_STREAMS: i64 = 1 << 60;
+/// RFC 9000 §14: QUIC requires paths to carry at least 1200-byte datagrams, and
+/// `max_udp_payload_size` above 65527 is invalid (§18.2).
+pub const MIN_UDP_PAYLOAD: i64 = 1200;
+pub const MAX_UDP_PAYLOAD: i64 = 65527;
+pub const DEFAULT_WEIGHT: u32 = 100;
+pub const MAX_WEIGHT: i64 = 10_000;
+pub const DEFAULT_LOG_LEVEL: LevelFilter = LevelFilter::Info;
+
+/// Facts about the machine that validation depends on, gathered once so that tests can supply
+/// their own instead of depending on the CPUs of whatever machine runs them.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// CPUs this process may run on, or `None` if the kernel would not say (then CPU indices are
+    /// not checked and pinning reports the problem at start-up instead).
+    pub allowed_cpus: Option<BTreeSet<usize>>,
+}
+
+impl Host {
+    /// Reads the affinity mask of the calling thread. Shard threads are pinned later, by the
+    /// runtime, so at configuration time this is still the mask the process was started with.
+    pub fn current() -> Host {
+        Host {
+            allowed_cpus: current_affinity(),
+        }
+    }
+}
+
+fn current_affinity() -> Option<BTreeSet<usize>> {
+    // SAFETY: cpu_set_t is a plain bit array, so all-zero is a valid (empty) set; the kernel
+    // writes at most `size_of::<cpu_set_t>()` bytes into it; pid 0 means the calling thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    let size = libc::CPU_SETSIZE as usize;
+    // SAFETY: every index is below CPU_SETSIZE, the capacity of `set`.
+    Some(
+        (0..size)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect(),
+    )
+}
+
+/// Formats CPUs the way the kernel does in `/proc/*/status` (`0-3,8,10-11`), which operators
+/// already know from `taskset` and cpusets.
+pub fn format_cpu_list(cpus: &BTreeSet<usize>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut iter = cpus.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while iter.peek() == Some(&(end + 1)) {
+            end += 1;
+            iter.next();
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// Accumulates problems; every check reports here and carries on.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem::new(key, message));
+    }
+
+    /// Checks `lo <= value <= hi`; `unit` is appended to the bounds in the message.
+    fn in_range(&mut self, key: &str, value: i64, lo: i64, hi: i64, unit: &str) -> Option<i64> {
+        if value < lo {
+            self.push(key, format!("must be at least {lo}{unit}, got {value}"));
+            None
+        } else if value > hi {
+            self.push(key, format!("must be at most {hi}{unit}, got {value}"));
+            None
+        } else {
+            Some(value)
+        }
+    }
+}
+
+/// Checks everything and builds the [`Config`] only if nothing is wrong.
+pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems::default();
+    let base_dir = origin.parent().unwrap_or(Path::new(""));
+
+    let ip = match raw.listen.address.parse::<IpAddr>() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            p.push(
+                "listen.address",
+                format!(
+                    "`{}` is not an IP address; give a literal IPv4 or IPv6 address such as \
+                     0.0.0.0 or :: (host names are not resolved)",
+                    raw.listen.address
+                ),
+            );
+            None
+        }
+    };
+    let port = p.in_range("listen.port", raw.listen.port.0, 0, u16::MAX.into(), "");
+    let cert_chain = check_pem_file(
+        &mut p,
+        "listen.tls.cert",
+        &raw.listen.tls.cert,
+        base_dir,
+        PemKind::Certificate,
+    );
+    let private_key = check_pem_file(
+        &mut p,
+        "listen.tls.key",
+        &raw.listen.tls.key,
+        base_dir,
+        PemKind::PrivateKey,
+    );
+
+    let cores = check_runtime(&mut p, &raw.runtime, host);
+    let quic = check_quic(&mut p, &raw.quic);
+    let upstreams = check_upstreams(&mut p, &raw.upstream.0);
+
+    let log_level = match raw.log.level.as_deref() {
+        None => DEFAULT_LOG_LEVEL,
+        Some(level) => match parse_level(level) {
+            Some(level) => level,
+            None => {
+                p.push(
+                    "log.level",
+                    format!(
+                        "unknown log level `{level}`; expected one of error, warn, info, debug, \
+                         trace"
+                    ),
+                );
+                DEFAULT_LOG_LEVEL
+            }
+        },
+    };
+
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    // Every `None` above pushed a problem, so this branch means a bug in this module, not in the
+    // operator's file; still, refusing the file beats panicking while loading it.
+    let (Some(ip), Some(port), Some(cert_chain), Some(private_key), Some(cores)) =
+        (ip, port, cert_chain, private_key, cores)
+    else {
+        return Err(vec![Problem::new(
+            "",
+            "internal error: a value was rejected without a reason; please report this",
+        )]);
+    };
+    Ok(Config {
+        origin: origin.to_path_buf(),
+        // `in_range` bounded the port to u16.
+        listen: SocketAddr::new(ip, port as u16),
+        cores,
+        log_level,
+        plan: ProxyPlan {
+            tls: TlsFiles {
+                cert_chain,
+                private_key,
+            },
+            quic,
+            upstreams,
+        },
+    })
+}
+
+fn parse_level(level: &str) -> Option<LevelFilter> {
+    // Deliberately narrower than `LevelFilter::from_str` (which also takes `off` and any case):
+    // the documented set is the whole set.
+    Some(match level {
+        "error" => LevelFilter::Error,
+        "warn" => LevelFilter::Warn,
+        "info" => LevelFilter::Info,
+        "debug" => LevelFilter::Debug,
+        "trace" => LevelFilter::Trace,
+        _ => return None,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PemKind {
+    Certificate,
+    PrivateKey,
+}
+
+/// Resolves a configured PEM path and checks that it holds the expected kind of block.
+///
+/// A textual check is enough here: the point is to catch the common mistakes (wrong path,
+/// permissions, cert and key swapped, an encrypted key) before start-up with a precise key path.
+/// BoringSSL still parses the files for real when each shard builds its TLS context.
+fn check_pem_file(
+    p: &mut Problems,
+    key: &str,
+    configured: &Path,
+    base_dir: &Path,
+    kind: PemKind,
+) -> Option<PathBuf> {
+    if configured.as_os_str().is_empty() {
+        p.push(key, "must not be empty");
+        return None;
+    }
+    // Relative to the configuration file, not the working directory, so that a config and its
+    // certificates can be moved together and behave the same wherever spooky is started from.
+    let joined = base_dir.join(configured);
+    // Absolute so the plan stays valid even if the process changes directory later.
+    let path = std::path::absolute(&joined).unwrap_or(joined);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            p.push(key, format!("cannot read {}: {e}", path.display()));
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let labels: Vec<&str> = text
+        .lines()
+        .filter_map(|line| {
+            line.trim()
+                .strip_prefix("-----BEGIN ")
+                .and_then(|rest| rest.strip_suffix("-----"))
+        })
+        .collect();
+    let has_cert = labels.contains(&"CERTIFICATE");
+    let has_key = labels.iter().any(|l| l.ends_with("PRIVATE KEY"));
+    let has_encrypted_key = labels.contains(&"ENCRYPTED PRIVATE KEY");
+    let shown = path.display();
+    let problem = match kind {
+        PemKind::Certificate if has_cert => None,
+        PemKind::Certificate if has_key => Some(format!(
+            "{shown} contains a private key but no certificate; are `cert` and `key` swapped?"
+        )),
+        PemKind::Certificate => Some(format!(
+            "{shown} contains no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        )),
+        PemKind::PrivateKey if has_encrypted_key => Some(format!(
+            "{shown} holds an encrypted private key; spooky cannot prompt for a passphrase, \
+             so store the key unencrypted with restrictive permissions"
+        )),
+        PemKind::PrivateKey if has_key => None,
+        PemKind::PrivateKey if has_cert => Some(format!(
+            "{shown} contains a certificate but no private key; are `cert` and `key` swapped?"
+        )),
+        PemKind::PrivateKey => Some(format!(
+            "{shown} contains no PEM private key (-----BEGIN PRIVATE KEY----- or similar)"
+        )),
+    };
+    match problem {
+        Some(message) => {
+            p.push(key, message);
+            None
+        }
+        None => Some(path),
+    }
+}
+
+/// Returns the CPUs to run one shard on each, in the configured order.
+fn check_runtime(p: &mut Problems, runtime: &RawRuntime, host: &Host) -> Option<Vec<usize>> {
+    let allowed = host.allowed_cpus.as_ref();
+    let allowed_text = || allowed.map(format_cpu_list).unwrap_or_default();
+
+    if runtime.cores.is_some() && runtime.shards.is_some() {
+        p.push(
+            "runtime",
+            "set either `cores` (which CPUs to use) or `shards` (how many, from CPU 0), not both",
+        );
+    }
+
+    let mut cores: Option<Vec<usize>> = None;
+    if let Some(shards) = runtime.shards.map(|s| s.0) {
+        // The CPU set size bounds how many shards could ever be pinned.
+        let max = libc::CPU_SETSIZE as i64;
+        if let Some(n) = p.in_range("runtime.shards", shards, 1, max, "") {
+            let wanted: Vec<usize> = (0..n as usize).collect();
+            let missing = allowed.is_some_and(|a| wanted.iter().any(|c| !a.contains(c)));
+            if missing {
+                p.push(
+                    "runtime.shards",
+                    format!(
+                        "{n} shards need CPUs 0-{}, but this process may only run on CPUs {}; \
+                         lower `shards` or list the CPUs to use in `cores` instead",
+                        n - 1,
+                        allowed_text()
+                    ),
+                );
+            } else {
+                cores = Some(wanted);
+            }
+        }
+    }
+
+    if let Some(list) = &runtime.cores {
+        if list.is_empty() {
+            p.push("runtime.cores", "must list at least one CPU");
+        }
+        let mut ok = !list.is_empty();
+        let mut seen: HashMap<i64, usize> = HashMap::new();
+        let mut chosen = Vec::with_capacity(list.len());
+        for (i, &Int(cpu)) in list.iter().enumerate() {
+            let key = format!("runtime.cores[{i}]");
+            if let Some(first) = seen.get(&cpu) {
+                p.push(
+                    &key,
+                    format!("CPU {cpu} is listed twice (also at runtime.cores[{first}])"),
+                );
+                ok = false;
+                continue;
+            }
+            seen.insert(cpu, i);
+            if cpu < 0 {
+                p.push(&key, format!("CPU index must not be negative, got {cpu}"));
+                ok = false;
+                continue;
+            }
+            let cpu = cpu as usize;
+            if allowed.is_some_and(|a| !a.contains(&cpu)) {
+                p.push(
+                    &key,
+                    format!(
+                        "CPU {cpu} is not available to this process (allowed CPUs: {})",
+                        allowed_text()
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            chosen.push(cpu);
+        }
+        if ok {
+            cores = Some(chosen);
+        }
+    }
+
+    if runtime.cores.is_none() && runtime.shards.is_none() {
+        if allowed.is_some_and(|a| !a.contains(&0)) {
+            p.push(
+                "runtime",
+                format!(
+                    "neither `cores` nor `shards` is set, so spooky would run one shard on CPU 0, \
+                     which is not available to this process (allowed CPUs: {}); set `cores`",
+                    allowed_text()
+                ),
+            );
+        } else {
+            cores = Some(vec![0]);
+        }
+    }
+    cores
+}
+
+fn check_quic(p: &mut Problems, quic: &RawQuic) -> QuicSettings {
+    // Defaults live in the plan so that the data plane and the config agree on one set of values;
+    // a rejected value keeps its default only so the remaining checks can run.
+    let d = QuicSettings::default();
+    let mut q = d.clone();
+    if let Some(Int(v)) = quic.idle_timeout_ms {
+        if let Some(v) = p.in_range("quic.idle_timeout_ms", v, 1, VARINT_MAX, " ms") {
+            q.idle_timeout = Duration::from_millis(v as u64);
+        }
+    }
+    if let Some(Int(v)) = quic.max_concurrent_streams {
+        if let Some(v) = p.in_range("quic.max_concurrent_streams", v, 1, MAX_STREAMS, "") {
+            q.max_concurrent_streams = v as u64;
+        }
+    }
+    let window_unit = " bytes";
+    if let Some(Int(v)) = quic.stream_window {
+        if let Some(v) = p.in_range("quic.stream_window", v, MIN_WINDOW, VARINT_MAX, window_unit) {
+            q.stream_window = v as u64;
+        }
+    }
+    if let Some(Int(v)) = quic.connection_window {
+        let key = "quic.connection_window";
+        if let Some(v) = p.in_range(key, v, MIN_WINDOW, VARINT_MAX, window_unit) {
+            q.connection_window = v as u64;
+        }
+    }
+    if let Some(Int(v)) = quic.max_udp_payload_size {
+        let key = "quic.max_udp_payload_size";
+        if let Some(v) = p.in_range(key, v, MIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD, " bytes") {
+            q.max_udp_payload = v as usize;
+        }
+    }
+    q
+}
+
+fn check_upstreams(p: &mut Problems, upstreams: &[(String, RawUpstream)]) -> Vec<UpstreamPlan> {
+    if upstreams.is_empty() {
+        p.push(
+            "upstream",
+            "no upstreams configured; add at least one [upstream.NAME] table with a route and \
+             backends",
+        );
+    }
+    // Backend ids label metrics, so they must be unique across pools, not just within one.
+    let mut ids: HashMap<&str, String> = HashMap::new();
+    let mut prefixes: HashMap<&str, &str> = HashMap::new();
+    let mut plans = Vec::with_capacity(upstreams.len());
+
+    for (name, up) in upstreams {
+        let base = format!("upstream.{name}");
+
+        let prefix = &up.route.path_prefix;
+        let prefix_key = format!("{base}.route.path_prefix");
+        if !prefix.starts_with('/') {
+            p.push(
+                &prefix_key,
+                format!("must start with '/', got \"{prefix}\""),
+            );
+        } else if let Some(other) = prefixes.get(prefix.as_str()) {
+            p.push(
+                &prefix_key,
+                format!(
+                    "\"{prefix}\" is also the path_prefix of upstream.{other}; requests could go \
+                     to either, so each prefix may belong to one upstream only"
+                ),
+            );
+        } else {
+            prefixes.insert(prefix, name);
+        }
+
+        let balancing = match up.load_balancing.as_ref().map(|lb| lb.kind) {
+            None | Some(BalancingKind::RoundRobin) => Balancing::RoundRobin,
+            Some(BalancingKind::Random) => Balancing::Random,
+        };
+
+        let mut timeouts = UpstreamTimeouts::default();
+        if let Some(t) = &up.timeouts {
+            if let Some(Int(ms)) = t.connect_ms {
+                let key = format!("{base}.timeouts.connect_ms");
+                if let Some(ms) = p.in_range(&key, ms, 1, i64::MAX, " ms") {
+                    timeouts.connect = Duration::from_millis(ms as u64);
+                }
+            }
+            if let Some(Int(ms)) = t.response_headers_ms {
+                let key = format!("{base}.timeouts.response_headers_ms");
+                if let Some(ms) = p.in_range(&key, ms, 1, i64::MAX, " ms") {
+                    timeouts.response_headers = Duration::from_millis(ms as u64);
+                }
+            }
+        }
+
+        if up.backends.is_empty() {
+            p.push(
+                format!("{base}.backends"),
+                format!("pool is empty; add at least one [[{base}.backends]] entry"),
+            );
+        }
+        let mut backends = Vec::with_capacity(up.backends.len());
+        for (i, b) in up.backends.iter().enumerate() {
+            let bkey = format!("{base}.backends[{i}]");
+            let id_key = format!("{bkey}.id");
+            if b.id.trim().is_empty() {
+                p.push(&id_key, "must not be empty");
+            } else if let Some(first) = ids.get(b.id.as_str()) {
+                p.push(
+                    &id_key,
+                    format!(
+                        "duplicate backend id `{}`, already used at {first}; ids must be unique \
+                         across all upstreams because metrics are labelled by id",
+                        b.id
+                    ),
+                );
+            } else {
+                ids.insert(&b.id, id_key.clone());
+            }
+
+            let address = match b.address.parse::<SocketAddr>() {
+                Ok(a) if a.port() == 0 => {
+                    p.push(
+                        format!("{bkey}.address"),
+                        format!("`{}` has port 0; a backend needs a real port", b.address),
+                    );
+                    None
+                }
+                Ok(a) => Some(a),
+                Err(_) => {
+                    p.push(
+                        format!("{bkey}.address"),
+                        format!(
+                            "`{}` is not an IP:port socket address, e.g. 10.0.10.10:8080 or \
+                             [2001:db8::10]:8080 (host names are not resolved)",
+                            b.address
+                        ),
+                    );
+                    None
+                }
+            };
+
+            let weight = match b.weight {
+                None => Some(DEFAULT_WEIGHT),
+                Some(Int(w)) => p
+                    .in_range(&format!("{bkey}.weight"), w, 1, MAX_WEIGHT, "")
+                    .map(|w| w as u32),
+            };
+
+            if let (Some(address), Some(weight)) = (address, weight) {
+                backends.push(BackendPlan {
+                    id: b.id.clone(),
+                    address,
+                    weight,
+                });
+            }
+        }
+
+        plans.push(UpstreamPlan {
+            name: name.clone(),
+            route: RoutePlan {
+                path_prefix: prefix.clone(),
+            },
+            balancing,
+            timeouts,
+            backends,
+        });
+    }
+    plans
+}
