@@ -24,6 +24,7 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use log::LevelFilter;
 use shards::plan::ProxyPlan;
@@ -39,6 +40,8 @@ pub struct Config {
     origin: PathBuf,
     listen: SocketAddr,
     cores: Vec<usize>,
+    drain_timeout: Duration,
+    admin: Option<SocketAddr>,
     log_level: LevelFilter,
     plan: ProxyPlan,
 }
@@ -56,6 +59,16 @@ impl Config {
         self.cores.clone()
     }
 
+    /// How long a graceful stop (SIGTERM, SIGINT) waits for requests in flight.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+
+    /// Where the admin endpoint listens (TCP), if it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
     pub fn log_level(&self) -> LevelFilter {
         self.log_level
     }
@@ -63,6 +76,33 @@ impl Config {
     /// The plan every shard receives. Certificate paths in it are absolute.
     pub fn plan(&self) -> ProxyPlan {
         self.plan.clone()
+    }
+
+    /// Replaces the file's `[runtime]` CPUs with `cores` (from `spooky --cores`, which a systemd
+    /// template instance passes), checked against this process's affinity mask like the file's.
+    pub fn override_cores(&mut self, cores: Vec<usize>) -> Result<(), ConfigError> {
+        if cores.is_empty() {
+            return Err(self.cores_error("the CPU list is empty".into()));
+        }
+        if let Some(allowed) = Host::current().allowed_cpus {
+            let unavailable: Vec<usize> = cores.iter().copied().filter(|c| !allowed.contains(c)).collect();
+            if !unavailable.is_empty() {
+                return Err(self.cores_error(format!(
+                    "CPU(s) {unavailable:?} are not available to this process (allowed: {})",
+                    validate::format_cpu_list(&allowed)
+                )));
+            }
+        }
+        self.cores = cores;
+        Ok(())
+    }
+
+    fn cores_error(&self, message: String) -> ConfigError {
+        ConfigError::new(
+            &self.origin,
+            ErrorKind::Invalid,
+            vec![Problem::new("--cores", message)],
+        )
     }
 
     /// The file this configuration was read from (or the origin passed to [`parse`]).

@@ -39,6 +39,7 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
                 id: "built-in".into(),
                 address: backend,
                 weight: 100,
+                stats_slot: 0,
             }],
         }],
     };

@@ -3,10 +3,13 @@
 //! The data plane itself lives in the `shards` crate; this crate turns an operator's intent
 //! (a TOML file, signals) into running shards and keeps them informed.
 
+pub mod admin;
 pub mod config;
 pub mod coordinator;
 pub mod cpulist;
 pub mod demo;
+pub mod metrics;
+pub mod procfs;
 mod demo_backend;
 pub mod runtime;
 pub mod selfsigned;

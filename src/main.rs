@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use spooky::signals::{Signal, SignalSet};
 use spooky::{config, demo, ProxySettings, RunningProxy};
@@ -12,13 +13,20 @@ use spooky::{config, demo, ProxySettings, RunningProxy};
 const USAGE: &str = "\
 usage:
   spooky --config FILE          run the proxy with FILE (TOML)
+  spooky --cores LIST --config FILE
+                                run with one shard per CPU in LIST (e.g. 0-3 or 0,2),
+                                overriding [runtime] in FILE
   spooky --config FILE --check  validate FILE and exit: 0 when valid, 1 when not
   spooky --demo [--port PORT]   run a demo: self-signed certificates, a built-in backend,
                                 listening on 127.0.0.1:PORT (default 8443)
   spooky --version | --help";
 
 enum Command {
-    Run { config: PathBuf, check_only: bool },
+    Run {
+        config: PathBuf,
+        check_only: bool,
+        cores: Option<Vec<usize>>,
+    },
     Demo { port: u16 },
     Help,
     Version,
@@ -29,6 +37,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut check_only = false;
     let mut demo = false;
     let mut port = 8443u16;
+    let mut cores = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -37,6 +46,10 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                 config = Some(PathBuf::from(value));
             }
             "--check" => check_only = true,
+            "--cores" => {
+                let value = iter.next().ok_or("--cores needs a CPU list such as 0-3")?;
+                cores = Some(spooky::cpulist::parse(value).map_err(|e| format!("--cores: {e}"))?);
+            }
             "--demo" => demo = true,
             "--port" => {
                 let value = iter.next().ok_or("--port needs a number")?;
@@ -51,7 +64,11 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     }
     match (config, demo) {
         (Some(_), true) => Err("--demo and --config cannot be combined".into()),
-        (Some(config), false) => Ok(Command::Run { config, check_only }),
+        (Some(config), false) => Ok(Command::Run {
+            config,
+            check_only,
+            cores,
+        }),
         (None, true) if check_only => Err("--check needs --config".into()),
         (None, true) => Ok(Command::Demo { port }),
         (None, false) => Err("missing --config FILE (or --demo)".into()),
@@ -76,7 +93,11 @@ fn main() -> ExitCode {
             println!("spooky {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run { config, check_only } => run_config(config, check_only),
+        Command::Run {
+            config,
+            check_only,
+            cores,
+        } => run_config(config, check_only, cores),
         Command::Demo { port } => run_demo(port),
     }
 }
@@ -89,8 +110,15 @@ fn init_logging(level: log::LevelFilter) {
         .init();
 }
 
-fn run_config(path: PathBuf, check_only: bool) -> ExitCode {
-    let config = match config::load(&path) {
+fn run_config(path: PathBuf, check_only: bool, cores: Option<Vec<usize>>) -> ExitCode {
+    let cores_override = cores.clone();
+    let loaded = config::load(&path).and_then(|mut config| {
+        if let Some(cores) = cores {
+            config.override_cores(cores)?;
+        }
+        Ok(config)
+    });
+    let config = match loaded {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");
@@ -102,20 +130,64 @@ fn run_config(path: PathBuf, check_only: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_level());
-    serve(ProxySettings {
-        listen: config.listen_addr(),
-        cores: config.cores(),
-        plan: config.plan(),
-    })
+    let drain_timeout = config.drain_timeout();
+    serve_with(
+        ProxySettings {
+            listen: config.listen_addr(),
+            cores: config.cores(),
+            plan: config.plan(),
+        },
+        drain_timeout,
+        config.admin_addr(),
+        Some(Reloader { path, cores_override }),
+        None,
+    )
+}
+
+/// Where a SIGHUP re-reads the configuration from.
+struct Reloader {
+    path: PathBuf,
+    cores_override: Option<Vec<usize>>,
+}
+
+impl Reloader {
+    fn reload(&self, proxy: &mut RunningProxy) {
+        let loaded = config::load(&self.path).and_then(|mut config| {
+            if let Some(cores) = self.cores_override.clone() {
+                config.override_cores(cores)?;
+            }
+            Ok(config)
+        });
+        let config = match loaded {
+            Ok(config) => config,
+            Err(e) => {
+                log::error!("reload rejected, still serving the previous configuration:\n{e}");
+                return;
+            }
+        };
+        let settings = ProxySettings {
+            listen: config.listen_addr(),
+            cores: config.cores(),
+            plan: config.plan(),
+        };
+        match proxy.reload(settings) {
+            Ok(needs_restart) if needs_restart.is_empty() => {
+                log::info!("reloaded {}", self.path.display())
+            }
+            Ok(needs_restart) => log::warn!(
+                "reloaded {}; changes to {} need a restart and were not applied",
+                self.path.display(),
+                needs_restart.join(", ")
+            ),
+            Err(e) => log::error!("reload rejected, still serving the previous configuration: {e}"),
+        }
+    }
 }
 
 fn run_demo(port: u16) -> ExitCode {
     init_logging(log::LevelFilter::Info);
     match demo::prepare(port) {
-        Ok((settings, guide)) => {
-            let code = serve_with(settings, Some(guide));
-            code
-        }
+        Ok((settings, guide)) => serve_with(settings, DEMO_DRAIN_TIMEOUT, None, None, Some(guide)),
         Err(e) => {
             eprintln!("spooky: demo setup failed: {e}");
             ExitCode::FAILURE
@@ -123,11 +195,16 @@ fn run_demo(port: u16) -> ExitCode {
     }
 }
 
-fn serve(settings: ProxySettings) -> ExitCode {
-    serve_with(settings, None)
-}
+/// The demo has no configuration file; a short drain keeps Ctrl-C snappy.
+const DEMO_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn serve_with(settings: ProxySettings, banner: Option<String>) -> ExitCode {
+fn serve_with(
+    settings: ProxySettings,
+    drain_timeout: Duration,
+    admin: Option<std::net::SocketAddr>,
+    reloader: Option<Reloader>,
+    banner: Option<String>,
+) -> ExitCode {
     let signals = match SignalSet::block() {
         Ok(signals) => signals,
         Err(e) => {
@@ -135,7 +212,7 @@ fn serve_with(settings: ProxySettings, banner: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let proxy = match RunningProxy::start(settings) {
+    let mut proxy = match RunningProxy::start(settings) {
         Ok(proxy) => proxy,
         Err(e) => {
             eprintln!("spooky: {e}");
@@ -148,23 +225,34 @@ fn serve_with(settings: ProxySettings, banner: Option<String>) -> ExitCode {
         proxy.shard_cpus().len(),
         proxy.shard_cpus()
     );
+    if let Some(address) = admin {
+        match proxy.start_admin(address) {
+            Ok(bound) => log::info!("admin endpoint on http://{bound} (/metrics, /health/live, /health/ready)"),
+            Err(e) => {
+                log::error!("cannot serve admin endpoint on {address}: {e}");
+                let _ = proxy.shutdown();
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Some(banner) = banner {
         println!("{banner}");
     }
     loop {
         match signals.wait() {
             Ok(Signal::Terminate | Signal::Interrupt) => break,
-            Ok(Signal::Hangup) => {
-                log::warn!("SIGHUP received: live reload is not available yet; restart to apply changes");
-            }
+            Ok(Signal::Hangup) => match &reloader {
+                Some(reloader) => reloader.reload(&mut proxy),
+                None => log::warn!("SIGHUP ignored: the demo has no configuration file to reload"),
+            },
             Err(e) => {
                 log::error!("waiting for signals failed: {e}");
                 break;
             }
         }
     }
-    log::info!("stopping");
-    match proxy.shutdown() {
+    log::info!("stopping: draining connections for up to {drain_timeout:?}");
+    match proxy.drain(drain_timeout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("shard failed: {e}");

@@ -7,12 +7,13 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shards::plan::ProxyPlan;
 use shards::{ShardSpec, ShardStats, ShardThread};
 
+use crate::admin::{self, AdminView, SharedView};
 use crate::coordinator::Coordinator;
 
 /// What a process serves, and on which CPUs.
@@ -30,6 +31,7 @@ pub enum StartError {
     Tls(shards::ShardError),
     Shard { index: usize, source: shards::ShardError },
     Random,
+    TooManyBackends,
 }
 
 impl fmt::Display for StartError {
@@ -41,6 +43,11 @@ impl fmt::Display for StartError {
             StartError::Tls(source) => write!(f, "{source}"),
             StartError::Shard { index, source } => write!(f, "shard {index}: {source}"),
             StartError::Random => f.write_str("no randomness available for connection IDs"),
+            StartError::TooManyBackends => write!(
+                f,
+                "more than {} backends would be configured",
+                shards::plan::MAX_BACKENDS
+            ),
         }
     }
 }
@@ -58,6 +65,11 @@ pub struct RunningProxy {
     local_addr: SocketAddr,
     shards: Vec<ShardHandle>,
     coordinator: Coordinator,
+    view: SharedView,
+    /// The configured listen address (port as configured, possibly 0) and current plan, to
+    /// compare a reload against.
+    listen: SocketAddr,
+    plan: ProxyPlan,
 }
 
 impl RunningProxy {
@@ -78,7 +90,7 @@ impl RunningProxy {
         let mut handles = Vec::new();
         for (index, (socket, cpu)) in sockets.into_iter().zip(&settings.cores).enumerate() {
             let (sender, receiver) = crossbeam_channel::unbounded();
-            let stats = Arc::new(ShardStats::default());
+            let stats = Arc::new(ShardStats::new());
             let thread = shards::spawn(ShardSpec {
                 index,
                 cpu: *cpu,
@@ -96,7 +108,13 @@ impl RunningProxy {
                 thread: Some(thread),
             });
         }
-        let mut coordinator = Coordinator::new(senders);
+        let view = Arc::new(Mutex::new(AdminView {
+            shards: handles.iter().map(|h| h.stats.clone()).collect(),
+            plan: settings.plan.clone(),
+            healthy: Vec::new(),
+            config_generation: 1,
+        }));
+        let mut coordinator = Coordinator::new(senders, view.clone());
         coordinator.publish_health(
             settings
                 .plan
@@ -109,12 +127,41 @@ impl RunningProxy {
             local_addr,
             shards: handles,
             coordinator,
+            view,
+            listen: settings.listen,
+            plan: settings.plan,
         })
     }
 
     /// The UDP address clients reach (port resolved if 0 was configured).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Applies a new configuration without closing any connection: new requests use the new
+    /// routes, pools and balancing, new handshakes the new certificate. Settings that only a
+    /// restart can change are left as they are and named in the returned list.
+    pub fn reload(&mut self, mut settings: ProxySettings) -> Result<Vec<&'static str>, StartError> {
+        shards::shard::quic_config(&settings.plan).map_err(StartError::Tls)?;
+        let mut needs_restart = Vec::new();
+        if settings.listen != self.listen {
+            needs_restart.push("listen.address/listen.port");
+        }
+        if settings.cores != self.shard_cpus() {
+            needs_restart.push("runtime (cores/shards)");
+        }
+        settings
+            .plan
+            .assign_stats_slots(Some(&self.plan))
+            .map_err(|_| StartError::TooManyBackends)?;
+        self.coordinator.publish_plan(&settings.plan);
+        self.plan = settings.plan;
+        Ok(needs_restart)
+    }
+
+    /// Starts the admin endpoint (metrics, health) on `address`; returns the bound address.
+    pub fn start_admin(&self, address: SocketAddr) -> io::Result<SocketAddr> {
+        admin::start(address, self.view.clone())
     }
 
     /// Each shard's counters, in shard order.
@@ -145,13 +192,26 @@ impl RunningProxy {
         }
     }
 
-    /// Stops every shard and waits for their threads. Returns the first shard error.
+    /// Stops every shard at once (connections closed with H3_NO_ERROR) and waits for their
+    /// threads. Returns the first shard error.
     pub fn shutdown(mut self) -> Result<(), shards::ShardError> {
-        self.stop()
+        self.coordinator.shutdown();
+        self.join()
+    }
+
+    /// Stops gracefully: no new connections, GOAWAY on every connection, requests in flight
+    /// finish; connections still busy after `timeout` are closed. Returns when every shard stopped.
+    pub fn drain(mut self, timeout: Duration) -> Result<(), shards::ShardError> {
+        self.coordinator.drain(Instant::now() + timeout);
+        self.join()
     }
 
     fn stop(&mut self) -> Result<(), shards::ShardError> {
         self.coordinator.shutdown();
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), shards::ShardError> {
         let mut first_error = Ok(());
         for shard in &mut self.shards {
             if let Some(thread) = shard.thread.take() {

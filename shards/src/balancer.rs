@@ -123,6 +123,7 @@ mod tests {
                 id: format!("b{i}"),
                 address: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
                 weight: *w,
+                stats_slot: i,
             })
             .collect()
     }

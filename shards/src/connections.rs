@@ -60,6 +60,10 @@ pub struct Connection {
     pub serial: u64,
     pub peer: SocketAddr,
     pub streams: AHashMap<u64, StreamSlot>,
+    /// One past the highest request stream the client has opened: what a GOAWAY promises to serve.
+    pub next_request_stream: u64,
+    /// Set once we sent GOAWAY: request streams from this id on are refused.
+    pub goaway_from: Option<u64>,
     /// Earliest deadline this connection has in the timer heap, if any.
     armed: Option<Instant>,
     dirty: bool,
@@ -213,6 +217,8 @@ impl Connections {
                         serial: self.next_serial,
                         peer: from,
                         streams: AHashMap::new(),
+                        next_request_stream: 0,
+                        goaway_from: None,
                         armed: None,
                         dirty: false,
                         handshake_counted: false,
@@ -350,6 +356,9 @@ impl Connections {
     fn remove(&mut self, cid: ServerCid) {
         if let Some(mut conn) = self.table.remove(&cid) {
             self.stats.connections_active.sub(1);
+            if !conn.handshake_counted {
+                self.stats.handshake_failures.incr();
+            }
             log::debug!(
                 "connection from {} closed (peer error {:?}, local error {:?}, timed out {})",
                 conn.peer,
@@ -361,6 +370,54 @@ impl Connections {
                 slot.wake();
             }
         }
+    }
+
+    /// Starts a graceful stop: no new connections, and every connection is told (HTTP/3 GOAWAY)
+    /// that no request after the ones it already sent will be served.
+    pub fn start_drain(&mut self) {
+        self.accepting = false;
+        let cids: Vec<ServerCid> = self.table.keys().copied().collect();
+        for cid in cids {
+            if let Some(conn) = self.table.get_mut(&cid) {
+                if let Some(h3) = conn.h3.as_mut() {
+                    // The server's GOAWAY names the first request stream it will not process
+                    // (RFC 9114 §5.2): every request already opened is still served.
+                    let first_refused = conn.next_request_stream;
+                    conn.goaway_from = Some(first_refused);
+                    if let Err(e) = h3.send_goaway(&mut conn.quic, first_refused) {
+                        log::debug!("goaway to {}: {e}", conn.peer);
+                    }
+                }
+            }
+            self.mark_dirty(cid);
+        }
+        self.close_idle();
+    }
+
+    /// Closes (H3_NO_ERROR) every connection with no request in flight. Used while draining.
+    pub fn close_idle(&mut self) {
+        let idle: Vec<ServerCid> = self
+            .table
+            .iter()
+            .filter(|(_, conn)| conn.streams.is_empty() && !conn.quic.is_draining())
+            .map(|(cid, _)| *cid)
+            .collect();
+        for cid in idle {
+            if let Some(conn) = self.table.get_mut(&cid) {
+                let _ = conn.quic.close(true, H3_NO_ERROR, b"shutting down");
+            }
+            self.mark_dirty(cid);
+        }
+        self.flush();
+    }
+
+    /// Connections still open (including ones finishing their close).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
     }
 
     /// Closes every connection (application close with H3_NO_ERROR) and stops accepting.
@@ -380,5 +437,6 @@ impl Connections {
 /// HTTP/3 error codes used by the proxy (RFC 9114 §8.1).
 pub const H3_NO_ERROR: u64 = 0x100;
 pub const H3_INTERNAL_ERROR: u64 = 0x102;
+pub const H3_REQUEST_REJECTED: u64 = 0x10b;
 pub const H3_REQUEST_CANCELLED: u64 = 0x10c;
 pub const H3_MESSAGE_ERROR: u64 = 0x10e;

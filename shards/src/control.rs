@@ -7,8 +7,14 @@
 /// One message to one shard.
 #[derive(Clone, Debug)]
 pub enum ControlMsg {
-    /// Close every connection and stop the shard.
+    /// Close every connection now and stop the shard.
     Shutdown,
+    /// Stop taking new connections, send HTTP/3 GOAWAY on every connection, let requests in
+    /// flight finish, close each connection once it is idle, and stop when none is left or at
+    /// `deadline`, whichever comes first.
+    Drain { deadline: std::time::Instant },
+    /// A new configuration for new requests and new connections (SIGHUP reload).
+    Reload(Box<crate::plan::ProxyPlan>),
     /// New backend health state; applied only if newer than what the shard already has.
     BackendHealth(HealthSnapshot),
 }

@@ -21,6 +21,7 @@ use crate::headers::{translate_request_trailers, translate_response, translate_t
 use crate::router::UpstreamIndex;
 use crate::shard::Shard;
 use crate::streams::{BodyRead, StreamGone};
+use crate::upstreams::{Upstream, Upstreams};
 
 /// Largest request body chunk moved in one step.
 const UPLOAD_CHUNK: usize = 64 * 1024;
@@ -31,6 +32,8 @@ pub enum Job {
     Reply { status: u16, message: String },
     Proxy {
         head: RequestHead,
+        /// The configuration the request started under.
+        upstreams: Rc<Upstreams>,
         upstream: UpstreamIndex,
         /// More frames (body or trailers) follow the request headers.
         has_body: bool,
@@ -53,14 +56,16 @@ impl From<StreamGone> for Outcome {
 }
 
 pub async fn serve(shard: Rc<Shard>, key: StreamKey, job: Job) {
+    let started = std::time::Instant::now();
     let work = async {
         match job {
             Job::Reply { status, message } => reply(&shard, key, status, &message, &[]).await,
             Job::Proxy {
                 head,
+                upstreams,
                 upstream,
                 has_body,
-            } => proxy(&shard, key, head, upstream, has_body).await,
+            } => proxy(&shard, key, head, &upstreams, upstream, has_body).await,
         }
     };
     let gone = async {
@@ -68,6 +73,10 @@ pub async fn serve(shard: Rc<Shard>, key: StreamKey, job: Job) {
         Outcome::ClientGone
     };
     let outcome = future::or(work, gone).await;
+    shard
+        .stats
+        .request_duration
+        .record(started.elapsed().as_micros() as u64);
     match outcome {
         Outcome::Responded(_) => {}
         Outcome::ClientGone => shard.stats.client_cancels.incr(),
@@ -109,10 +118,11 @@ async fn proxy(
     shard: &Rc<Shard>,
     key: StreamKey,
     head: RequestHead,
+    upstreams: &Upstreams,
     upstream_index: UpstreamIndex,
     has_body: bool,
 ) -> Outcome {
-    let upstream = shard.upstreams.get(upstream_index);
+    let upstream = upstreams.get(upstream_index);
     let picked = upstream.balancer.borrow_mut().pick();
     let Some(backend) = picked else {
         return reply(
@@ -125,6 +135,27 @@ async fn proxy(
         .await;
     };
     let pool = upstream.pools[backend].clone();
+    let outcome = proxy_to(shard, key, head, upstream, backend, &pool, has_body).await;
+    let slot = upstream.plan.backends[backend].stats_slot;
+    if let Some(counters) = shard.stats.backend(slot) {
+        match outcome {
+            Outcome::Responded(status) => counters.count_status(status),
+            Outcome::Reset | Outcome::ClientGone => counters.failures.incr(),
+        }
+    }
+    outcome
+}
+
+/// Forwards the request to one chosen backend.
+async fn proxy_to(
+    shard: &Rc<Shard>,
+    key: StreamKey,
+    head: RequestHead,
+    upstream: &Upstream,
+    backend: usize,
+    pool: &Rc<crate::pool::BackendPool>,
+    has_body: bool,
+) -> Outcome {
     let (sender, lease) = match pool.acquire().await {
         Ok(acquired) => acquired,
         Err(e) => {

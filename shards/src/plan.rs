@@ -101,4 +101,46 @@ pub struct BackendPlan {
     pub id: String,
     pub address: SocketAddr,
     pub weight: u32,
+    /// Which of the shard's per-backend counter slots this backend uses (below
+    /// [`MAX_BACKENDS`]). A backend keeps its slot across reloads, so its counters continue.
+    pub stats_slot: usize,
+}
+
+/// Most backends one process can have configured at once: the size of each shard's fixed
+/// per-backend counter table, which never reallocates, so the coordinator can read it while the
+/// shard writes.
+pub const MAX_BACKENDS: usize = 1024;
+
+impl ProxyPlan {
+    /// Gives every backend a counter slot: the slot it had in `previous` when a backend with
+    /// the same id existed there, otherwise the lowest free slot. Fails when more than
+    /// [`MAX_BACKENDS`] backends would be configured.
+    pub fn assign_stats_slots(&mut self, previous: Option<&ProxyPlan>) -> Result<(), usize> {
+        let kept: std::collections::HashMap<&str, usize> = previous
+            .into_iter()
+            .flat_map(|p| p.upstreams.iter())
+            .flat_map(|u| u.backends.iter())
+            .map(|b| (b.id.as_str(), b.stats_slot))
+            .collect();
+        let mut used = vec![false; MAX_BACKENDS];
+        let mut pending = Vec::new();
+        for (u, upstream) in self.upstreams.iter_mut().enumerate() {
+            for (b, backend) in upstream.backends.iter_mut().enumerate() {
+                match kept.get(backend.id.as_str()) {
+                    Some(&slot) if !used[slot] => {
+                        used[slot] = true;
+                        backend.stats_slot = slot;
+                    }
+                    _ => pending.push((u, b)),
+                }
+            }
+        }
+        let mut free = (0..MAX_BACKENDS).filter(|slot| !used[*slot]);
+        let total = self.upstreams.iter().map(|u| u.backends.len()).sum::<usize>();
+        for (u, b) in pending {
+            let slot = free.next().ok_or(total)?;
+            self.upstreams[u].backends[b].stats_slot = slot;
+        }
+        Ok(())
+    }
 }

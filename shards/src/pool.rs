@@ -68,6 +68,8 @@ impl Lease {
 
 pub struct BackendPool {
     address: SocketAddr,
+    /// The backend's counter slot.
+    stats_slot: usize,
     connect_timeout: Duration,
     connections: RefCell<Vec<Rc<PooledConnection>>>,
     connecting: Cell<bool>,
@@ -79,9 +81,15 @@ pub struct BackendPool {
 }
 
 impl BackendPool {
-    pub fn new(address: SocketAddr, connect_timeout: Duration, stats: Arc<ShardStats>) -> Rc<Self> {
+    pub fn new(
+        address: SocketAddr,
+        stats_slot: usize,
+        connect_timeout: Duration,
+        stats: Arc<ShardStats>,
+    ) -> Rc<Self> {
         Rc::new(BackendPool {
             address,
+            stats_slot,
             connect_timeout,
             connections: RefCell::new(Vec::new()),
             connecting: Cell::new(false),
@@ -90,6 +98,13 @@ impl BackendPool {
             waiters: RefCell::new(Vec::new()),
             stats,
         })
+    }
+
+    /// Whether this pool can serve a backend with these settings unchanged.
+    pub fn serves(&self, address: SocketAddr, stats_slot: usize, connect_timeout: Duration) -> bool {
+        self.address == address
+            && self.stats_slot == stats_slot
+            && self.connect_timeout == connect_timeout
     }
 
     /// Open connections (including ones that have not noticed they died yet).
@@ -185,11 +200,19 @@ impl BackendPool {
         let closed = Rc::new(Cell::new(false));
         let closed_by_driver = closed.clone();
         let address = self.address;
+        let stats = self.stats.clone();
+        let slot = self.stats_slot;
+        if let Some(counters) = stats.backend(slot) {
+            counters.h2_connections.incr();
+        }
         glommio::spawn_local(async move {
             if let Err(e) = connection.await {
                 log::debug!("h2 connection to {address} ended: {e}");
             }
             closed_by_driver.set(true);
+            if let Some(counters) = stats.backend(slot) {
+                counters.h2_connections.sub(1);
+            }
         })
         .detach();
         Ok(Rc::new(PooledConnection {

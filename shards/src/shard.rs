@@ -135,7 +135,10 @@ fn apply_quic_settings(config: &mut quiche::Config, quic: &QuicSettings) {
 /// The shard's state, shared by its tasks on one thread.
 pub struct Shard {
     pub conns: RefCell<Connections>,
-    pub upstreams: Upstreams,
+    /// Swapped whole on reload; a request keeps the `Rc` it started with, so in-flight requests
+    /// finish on the configuration they began under.
+    pub upstreams: RefCell<Rc<Upstreams>>,
+    index: usize,
     pub stats: Arc<ShardStats>,
     pub flush_needed: Notify,
     timer_changed: Rc<Notify>,
@@ -173,7 +176,8 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
     .map_err(ShardError::Socket)?;
     let shard = Rc::new(Shard {
         conns: RefCell::new(conns),
-        upstreams: Upstreams::new(&plan, index, &stats),
+        upstreams: RefCell::new(Rc::new(Upstreams::new(&plan, index, &stats, None))),
+        index,
         stats: stats.clone(),
         flush_needed: Notify::default(),
         timer_changed,
@@ -250,18 +254,42 @@ async fn timers(shard: Rc<Shard>) {
 }
 
 async fn control_loop(shard: Rc<Shard>, control: Receiver<ControlMsg>) -> Result<(), ShardError> {
+    let mut drain_deadline: Option<Instant> = None;
     loop {
         glommio::timer::sleep(CONTROL_TICK).await;
         loop {
             match control.try_recv() {
                 Ok(ControlMsg::BackendHealth(snapshot)) => {
-                    shard.upstreams.apply_health(&snapshot);
+                    shard.upstreams.borrow().apply_health(&snapshot);
+                }
+                Ok(ControlMsg::Reload(plan)) => {
+                    shard.reload(&plan);
+                }
+                Ok(ControlMsg::Drain { deadline }) => {
+                    log::info!("draining: no new connections, GOAWAY sent");
+                    drain_deadline = Some(deadline);
+                    shard.conns.borrow_mut().start_drain();
                 }
                 Ok(ControlMsg::Shutdown) | Err(TryRecvError::Disconnected) => {
                     shard.conns.borrow_mut().close_all();
                     return Ok(());
                 }
                 Err(TryRecvError::Empty) => break,
+            }
+        }
+        if let Some(deadline) = drain_deadline {
+            let mut conns = shard.conns.borrow_mut();
+            conns.close_idle();
+            if conns.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "drain timeout: closing {} connection(s) with requests in flight",
+                    conns.len()
+                );
+                conns.close_all();
+                return Ok(());
             }
         }
     }
@@ -336,6 +364,14 @@ impl Shard {
         more_frames: bool,
     ) {
         use quiche::h3::NameValue;
+        conn.next_request_stream = conn.next_request_stream.max(stream_id + 4);
+        if conn.goaway_from.is_some_and(|first_refused| stream_id >= first_refused) {
+            // Sent after our GOAWAY: never processed, so the client may safely retry it elsewhere.
+            let code = crate::connections::H3_REQUEST_REJECTED;
+            let _ = conn.quic.stream_shutdown(stream_id, quiche::Shutdown::Read, code);
+            let _ = conn.quic.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+            return;
+        }
         self.stats.requests.incr();
         self.stats.streams_active.incr();
         let key = StreamKey {
@@ -362,19 +398,41 @@ impl Shard {
                     message: format!("malformed request: {malformed}"),
                 }
             }
-            Ok(head) => match self.upstreams.router.route(head.uri.path().as_bytes()) {
-                None => Job::Reply {
-                    status: 404,
-                    message: "no route for this path".into(),
-                },
-                Some(upstream) => Job::Proxy {
-                    head,
-                    upstream,
-                    has_body: more_frames,
-                },
-            },
+            Ok(head) => {
+                let upstreams = self.upstreams.borrow().clone();
+                match upstreams.router.route(head.uri.path().as_bytes()) {
+                    None => Job::Reply {
+                        status: 404,
+                        message: "no route for this path".into(),
+                    },
+                    Some(upstream) => Job::Proxy {
+                        head,
+                        upstreams,
+                        upstream,
+                        has_body: more_frames,
+                    },
+                }
+            }
         };
         glommio::spawn_local(forward::serve(self.clone(), key, job)).detach();
+    }
+
+    /// Applies a new plan: routes, pools and balancing for new requests, and the TLS
+    /// certificate and transport settings for new connections. Open connections and requests in
+    /// flight are untouched.
+    fn reload(&self, plan: &ProxyPlan) {
+        match quic_config(plan) {
+            Ok(config) => self.conns.borrow_mut().config = config,
+            Err(e) => {
+                // The coordinator validated the files a moment ago; keep serving with the old
+                // certificate rather than fail new handshakes.
+                log::error!("shard {}: reload kept the old TLS settings: {e}", self.index);
+            }
+        }
+        let previous = self.upstreams.borrow().clone();
+        let next = Upstreams::new(plan, self.index, &self.stats, Some(&previous));
+        *self.upstreams.borrow_mut() = Rc::new(next);
+        log::info!("shard {}: configuration reloaded", self.index);
     }
 
     fn discard_body(&self, conn: &mut Connection, stream_id: u64) {

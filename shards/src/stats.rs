@@ -42,6 +42,57 @@ impl Counter {
 }
 
 /// What one shard has done since it started. Gauges say so in their doc comment.
+/// Upper bounds, in microseconds, of the request duration histogram buckets (plus +Inf).
+pub const DURATION_BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Request durations, from request headers received to response complete (or failed).
+#[derive(Default, Debug)]
+pub struct DurationHistogram {
+    /// Count per bucket of `DURATION_BUCKETS_US`, then the +Inf bucket; not cumulative.
+    pub buckets: [Counter; DURATION_BUCKETS_US.len() + 1],
+    pub sum_us: Counter,
+    pub count: Counter,
+}
+
+impl DurationHistogram {
+    pub fn record(&self, micros: u64) {
+        let index = DURATION_BUCKETS_US
+            .iter()
+            .position(|&bound| micros <= bound)
+            .unwrap_or(DURATION_BUCKETS_US.len());
+        self.buckets[index].incr();
+        self.sum_us.add(micros);
+        self.count.incr();
+    }
+}
+
+/// What one shard has done with one backend.
+#[derive(Default, Debug)]
+pub struct BackendStats {
+    pub responses_2xx: Counter,
+    pub responses_3xx: Counter,
+    pub responses_4xx: Counter,
+    pub responses_5xx: Counter,
+    /// Requests that ended without a backend status (connect failure, timeout, reset).
+    pub failures: Counter,
+    /// Open HTTP/2 connections from this shard to the backend (gauge).
+    pub h2_connections: Counter,
+}
+
+impl BackendStats {
+    pub fn count_status(&self, status: u16) {
+        match status {
+            200..=299 => self.responses_2xx.incr(),
+            300..=399 => self.responses_3xx.incr(),
+            400..=499 => self.responses_4xx.incr(),
+            _ => self.responses_5xx.incr(),
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 #[repr(align(128))]
 pub struct ShardStats {
@@ -79,9 +130,28 @@ pub struct ShardStats {
     pub malformed_requests: Counter,
     pub backend_connects: Counter,
     pub backend_connect_failures: Counter,
+    /// Connections that closed before their handshake completed.
+    pub handshake_failures: Counter,
+    pub request_duration: DurationHistogram,
+    /// Per backend, indexed by the backend's `stats_slot`; fixed size, never reallocated.
+    pub backends: Box<[BackendStats]>,
 }
 
 impl ShardStats {
+    /// Counters with room for every backend slot.
+    pub fn new() -> Self {
+        ShardStats {
+            backends: (0..crate::plan::MAX_BACKENDS)
+                .map(|_| BackendStats::default())
+                .collect(),
+            ..ShardStats::default()
+        }
+    }
+
+    pub fn backend(&self, stats_slot: usize) -> Option<&BackendStats> {
+        self.backends.get(stats_slot)
+    }
+
     pub fn count_status(&self, status: u16) {
         match status {
             200..=299 => self.responses_2xx.incr(),

@@ -28,7 +28,20 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(plan: &ProxyPlan, shard_index: usize, stats: &Arc<ShardStats>) -> Self {
+    /// Builds the shard's upstreams for `plan`. Pools of `previous` whose backend is unchanged
+    /// (same address, counter slot and connect timeout) are kept, so a reload does not drop
+    /// warm HTTP/2 connections.
+    pub fn new(
+        plan: &ProxyPlan,
+        shard_index: usize,
+        stats: &Arc<ShardStats>,
+        previous: Option<&Upstreams>,
+    ) -> Self {
+        let reusable: Vec<&Rc<BackendPool>> = previous
+            .into_iter()
+            .flat_map(|p| p.list.iter())
+            .flat_map(|u| u.pools.iter())
+            .collect();
         let list = plan
             .upstreams
             .iter()
@@ -44,7 +57,16 @@ impl Upstreams {
                 pools: upstream
                     .backends
                     .iter()
-                    .map(|b| BackendPool::new(b.address, upstream.timeouts.connect, stats.clone()))
+                    .map(|b| {
+                        let connect = upstream.timeouts.connect;
+                        reusable
+                            .iter()
+                            .find(|pool| pool.serves(b.address, b.stats_slot, connect))
+                            .map(|pool| Rc::clone(pool))
+                            .unwrap_or_else(|| {
+                                BackendPool::new(b.address, b.stats_slot, connect, stats.clone())
+                            })
+                    })
                     .collect(),
             })
             .collect();

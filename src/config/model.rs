@@ -60,6 +60,7 @@ pub struct RawConfig {
     pub upstream: Upstreams,
     #[serde(default)]
     pub log: RawLog,
+    pub admin: Option<RawAdmin>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +83,7 @@ pub struct RawTls {
 pub struct RawRuntime {
     pub cores: Option<Vec<Int>>,
     pub shards: Option<Int>,
+    pub drain_timeout_ms: Option<Int>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,4 +182,10 @@ pub struct RawBackend {
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: String,
 }

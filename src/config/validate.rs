@@ -34,6 +34,9 @@ pub const MIN_UDP_PAYLOAD: i64 = 1200;
 pub const MAX_UDP_PAYLOAD: i64 = 65527;
 pub const DEFAULT_WEIGHT: u32 = 100;
 pub const MAX_WEIGHT: i64 = 10_000;
+/// How long a graceful stop waits for requests in flight when the file does not say.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub const DEFAULT_LOG_LEVEL: LevelFilter = LevelFilter::Info;
 
 /// Facts about the machine that validation depends on, gathered once so that tests can supply
@@ -156,6 +159,28 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
     );
 
     let cores = check_runtime(&mut p, &raw.runtime, host);
+    let drain_timeout = match raw.runtime.drain_timeout_ms {
+        None => Some(DEFAULT_DRAIN_TIMEOUT),
+        Some(ms) => p
+            .in_range("runtime.drain_timeout_ms", ms.0, 1, 3_600_000, " ms")
+            .map(|ms| Duration::from_millis(ms as u64)),
+    };
+    let admin = match &raw.admin {
+        None => Some(None),
+        Some(admin) => match admin.address.parse::<SocketAddr>() {
+            Ok(address) => Some(Some(address)),
+            Err(_) => {
+                p.push(
+                    "admin.address",
+                    format!(
+                        "`{}` is not an IP:port socket address such as 127.0.0.1:9090",
+                        admin.address
+                    ),
+                );
+                None
+            }
+        },
+    };
     let quic = check_quic(&mut p, &raw.quic);
     let upstreams = check_upstreams(&mut p, &raw.upstream.0);
 
@@ -181,28 +206,55 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
     }
     // Every `None` above pushed a problem, so this branch means a bug in this module, not in the
     // operator's file; still, refusing the file beats panicking while loading it.
-    let (Some(ip), Some(port), Some(cert_chain), Some(private_key), Some(cores)) =
-        (ip, port, cert_chain, private_key, cores)
+    let (
+        Some(ip),
+        Some(port),
+        Some(cert_chain),
+        Some(private_key),
+        Some(cores),
+        Some(drain_timeout),
+        Some(admin),
+    ) = (
+        ip,
+        port,
+        cert_chain,
+        private_key,
+        cores,
+        drain_timeout,
+        admin,
+    )
     else {
         return Err(vec![Problem::new(
             "",
             "internal error: a value was rejected without a reason; please report this",
         )]);
     };
+    let mut plan = ProxyPlan {
+        tls: TlsFiles {
+            cert_chain,
+            private_key,
+        },
+        quic,
+        upstreams,
+    };
+    if let Err(total) = plan.assign_stats_slots(None) {
+        return Err(vec![Problem::new(
+            "upstream",
+            format!(
+                "{total} backends configured; at most {} are supported",
+                shards::plan::MAX_BACKENDS
+            ),
+        )]);
+    }
     Ok(Config {
         origin: origin.to_path_buf(),
         // `in_range` bounded the port to u16.
         listen: SocketAddr::new(ip, port as u16),
         cores,
+        drain_timeout,
+        admin,
         log_level,
-        plan: ProxyPlan {
-            tls: TlsFiles {
-                cert_chain,
-                private_key,
-            },
-            quic,
-            upstreams,
-        },
+        plan,
     })
 }
 
@@ -540,6 +592,8 @@ fn check_upstreams(p: &mut Problems, upstreams: &[(String, RawUpstream)]) -> Vec
                     id: b.id.clone(),
                     address,
                     weight,
+                    // Assigned for the whole plan once every backend is known.
+                    stats_slot: 0,
                 });
             }
         }

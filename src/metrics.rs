@@ -1,0 +1,157 @@
+//! Prometheus text exposition of the shards' counters and the process's own figures.
+//!
+//! Shards only ever write their own counters; this module reads all of them on each scrape and
+//! sums or labels them, on the admin thread, so scrapes cost the request path nothing.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use shards::plan::ProxyPlan;
+use shards::stats::{Counter, DURATION_BUCKETS_US};
+use shards::ShardStats;
+
+/// What a scrape reads.
+pub struct MetricsSource<'a> {
+    pub shards: &'a [Arc<ShardStats>],
+    pub plan: &'a ProxyPlan,
+    /// Health per upstream then backend, as last published to the shards.
+    pub healthy: &'a [Vec<bool>],
+    pub config_generation: u64,
+}
+
+/// Renders every metric in Prometheus text format 0.0.4.
+pub fn render(source: &MetricsSource<'_>) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    shard_counters(&mut out, source.shards);
+    backend_metrics(&mut out, source);
+    duration_histogram(&mut out, source.shards);
+    process_metrics(&mut out, source.config_generation);
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A per-shard series: one sample per shard, labelled `shard`.
+fn per_shard(
+    out: &mut String,
+    shards: &[Arc<ShardStats>],
+    name: &str,
+    kind: &str,
+    help: &str,
+    field: impl Fn(&ShardStats) -> &Counter,
+) {
+    header(out, name, kind, help);
+    for (index, stats) in shards.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{shard=\"{index}\"}} {}", field(stats).get());
+    }
+}
+
+fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
+    per_shard(out, shards, "spooky_shard_up", "gauge", "1 while the shard serves traffic.", |s| &s.running);
+    per_shard(out, shards, "spooky_quic_connections_active", "gauge", "Open QUIC connections.", |s| &s.connections_active);
+    per_shard(out, shards, "spooky_quic_connections_accepted_total", "counter", "QUIC connections accepted.", |s| &s.connections_accepted);
+    per_shard(out, shards, "spooky_quic_handshakes_total", "counter", "QUIC handshakes completed.", |s| &s.handshakes_completed);
+    per_shard(out, shards, "spooky_quic_handshake_failures_total", "counter", "QUIC connections closed before their handshake completed.", |s| &s.handshake_failures);
+    per_shard(out, shards, "spooky_http3_streams_active", "gauge", "Requests in progress.", |s| &s.streams_active);
+    per_shard(out, shards, "spooky_requests_total", "counter", "HTTP/3 requests received.", |s| &s.requests);
+    per_shard(out, shards, "spooky_requests_malformed_total", "counter", "Requests rejected as malformed.", |s| &s.malformed_requests);
+    per_shard(out, shards, "spooky_requests_cancelled_total", "counter", "Requests the client cancelled before completion.", |s| &s.client_cancels);
+    per_shard(out, shards, "spooky_streams_reset_total", "counter", "Client streams reset after a backend failure mid-response.", |s| &s.streams_reset);
+    per_shard(out, shards, "spooky_datagrams_received_total", "counter", "UDP datagrams received.", |s| &s.datagrams_received);
+    per_shard(out, shards, "spooky_datagrams_sent_total", "counter", "UDP datagrams sent.", |s| &s.datagrams_sent);
+    header(out, "spooky_datagrams_dropped_total", "counter", "UDP datagrams dropped, by reason.");
+    for (index, stats) in shards.iter().enumerate() {
+        for (reason, counter) in [
+            ("unknown_connection", &stats.datagrams_dropped_unknown),
+            ("malformed", &stats.datagrams_dropped_malformed),
+            ("send_failed", &stats.datagrams_send_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "spooky_datagrams_dropped_total{{shard=\"{index}\",reason=\"{reason}\"}} {}",
+                counter.get()
+            );
+        }
+    }
+    per_shard(out, shards, "spooky_version_negotiations_total", "counter", "Version Negotiation packets sent.", |s| &s.version_negotiations);
+    per_shard(out, shards, "spooky_bytes_received_total", "counter", "UDP payload bytes received.", |s| &s.bytes_received);
+    per_shard(out, shards, "spooky_bytes_sent_total", "counter", "UDP payload bytes sent.", |s| &s.bytes_sent);
+    per_shard(out, shards, "spooky_backend_connects_total", "counter", "HTTP/2 connections opened to backends.", |s| &s.backend_connects);
+    per_shard(out, shards, "spooky_backend_connect_failures_total", "counter", "Failed attempts to connect to a backend.", |s| &s.backend_connect_failures);
+}
+
+fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
+    header(out, "spooky_backend_responses_total", "counter", "Responses by upstream, backend and status class (summed over shards).");
+    for upstream in &source.plan.upstreams {
+        for backend in &upstream.backends {
+            let sum = |pick: &dyn Fn(&shards::stats::BackendStats) -> &Counter| -> u64 {
+                source
+                    .shards
+                    .iter()
+                    .filter_map(|s| s.backend(backend.stats_slot))
+                    .map(|c| pick(c).get())
+                    .sum()
+            };
+            for (class, value) in [
+                ("2xx", sum(&|c| &c.responses_2xx)),
+                ("3xx", sum(&|c| &c.responses_3xx)),
+                ("4xx", sum(&|c| &c.responses_4xx)),
+                ("5xx", sum(&|c| &c.responses_5xx)),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "spooky_backend_responses_total{{upstream=\"{}\",backend=\"{}\",class=\"{class}\"}} {value}",
+                    upstream.name, backend.id
+                );
+            }
+        }
+    }
+    header(out, "spooky_backend_failures_total", "counter", "Requests to a backend that ended without a response (client gone, reset).");
+    header(out, "spooky_backend_h2_connections", "gauge", "Open HTTP/2 connections to a backend (summed over shards).");
+    header(out, "spooky_backend_healthy", "gauge", "1 when the backend may receive traffic.");
+    for (u, upstream) in source.plan.upstreams.iter().enumerate() {
+        for (b, backend) in upstream.backends.iter().enumerate() {
+            let labels = format!("upstream=\"{}\",backend=\"{}\"", upstream.name, backend.id);
+            let slot = backend.stats_slot;
+            let failures: u64 = source.shards.iter().filter_map(|s| s.backend(slot)).map(|c| c.failures.get()).sum();
+            let connections: u64 = source.shards.iter().filter_map(|s| s.backend(slot)).map(|c| c.h2_connections.get()).sum();
+            let healthy = source.healthy.get(u).and_then(|h| h.get(b)).copied().unwrap_or(true);
+            let _ = writeln!(out, "spooky_backend_failures_total{{{labels}}} {failures}");
+            let _ = writeln!(out, "spooky_backend_h2_connections{{{labels}}} {connections}");
+            let _ = writeln!(out, "spooky_backend_healthy{{{labels}}} {}", u8::from(healthy));
+        }
+    }
+}
+
+fn duration_histogram(out: &mut String, shards: &[Arc<ShardStats>]) {
+    let name = "spooky_request_duration_seconds";
+    header(out, name, "histogram", "Time from request headers received to response complete.");
+    let mut cumulative = 0u64;
+    for (i, bound) in DURATION_BUCKETS_US.iter().enumerate() {
+        cumulative += shards.iter().map(|s| s.request_duration.buckets[i].get()).sum::<u64>();
+        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *bound as f64 / 1e6);
+    }
+    cumulative += shards
+        .iter()
+        .map(|s| s.request_duration.buckets[DURATION_BUCKETS_US.len()].get())
+        .sum::<u64>();
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let sum_us: u64 = shards.iter().map(|s| s.request_duration.sum_us.get()).sum();
+    let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {cumulative}");
+}
+
+fn process_metrics(out: &mut String, config_generation: u64) {
+    header(out, "spooky_config_generation", "gauge", "Configuration generation: 1 at start, +1 per applied reload.");
+    let _ = writeln!(out, "spooky_config_generation {config_generation}");
+    let process = crate::procfs::ProcessFigures::read();
+    header(out, "process_resident_memory_bytes", "gauge", "Resident set size.");
+    let _ = writeln!(out, "process_resident_memory_bytes {}", process.rss_bytes);
+    header(out, "process_open_fds", "gauge", "Open file descriptors.");
+    let _ = writeln!(out, "process_open_fds {}", process.open_fds);
+    header(out, "process_cpu_seconds_total", "counter", "User and system CPU time.");
+    let _ = writeln!(out, "process_cpu_seconds_total {}", process.cpu_seconds);
+}
