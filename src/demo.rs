@@ -35,11 +35,14 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
             },
             balancing: Balancing::RoundRobin,
             timeouts: UpstreamTimeouts::default(),
+            retries: shards::plan::DEFAULT_RETRIES,
+            retry_budget: shards::plan::DEFAULT_RETRY_BUDGET,
             backends: vec![BackendPlan {
                 id: "built-in".into(),
                 address: backend,
                 weight: 100,
                 stats_slot: 0,
+                health_check: None,
             }],
         }],
     };

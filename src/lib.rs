@@ -8,6 +8,7 @@ pub mod config;
 pub mod coordinator;
 pub mod cpulist;
 pub mod demo;
+pub mod health;
 pub mod metrics;
 pub mod procfs;
 mod demo_backend;

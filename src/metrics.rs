@@ -79,6 +79,7 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
     per_shard(out, shards, "spooky_version_negotiations_total", "counter", "Version Negotiation packets sent.", |s| &s.version_negotiations);
     per_shard(out, shards, "spooky_bytes_received_total", "counter", "UDP payload bytes received.", |s| &s.bytes_received);
     per_shard(out, shards, "spooky_bytes_sent_total", "counter", "UDP payload bytes sent.", |s| &s.bytes_sent);
+    per_shard(out, shards, "spooky_retries_total", "counter", "Requests sent again to another backend after an unprocessed failure.", |s| &s.retries);
     per_shard(out, shards, "spooky_backend_connects_total", "counter", "HTTP/2 connections opened to backends.", |s| &s.backend_connects);
     per_shard(out, shards, "spooky_backend_connect_failures_total", "counter", "Failed attempts to connect to a backend.", |s| &s.backend_connect_failures);
 }
@@ -110,6 +111,7 @@ fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
         }
     }
     header(out, "spooky_backend_failures_total", "counter", "Requests to a backend that ended without a response (client gone, reset).");
+    header(out, "spooky_backend_ejections_total", "counter", "Passive-health ejections of a backend (summed over shards).");
     header(out, "spooky_backend_h2_connections", "gauge", "Open HTTP/2 connections to a backend (summed over shards).");
     header(out, "spooky_backend_healthy", "gauge", "1 when the backend may receive traffic.");
     for (u, upstream) in source.plan.upstreams.iter().enumerate() {
@@ -120,6 +122,8 @@ fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
             let connections: u64 = source.shards.iter().filter_map(|s| s.backend(slot)).map(|c| c.h2_connections.get()).sum();
             let healthy = source.healthy.get(u).and_then(|h| h.get(b)).copied().unwrap_or(true);
             let _ = writeln!(out, "spooky_backend_failures_total{{{labels}}} {failures}");
+            let ejections: u64 = source.shards.iter().filter_map(|s| s.backend(slot)).map(|c| c.ejections.get()).sum();
+            let _ = writeln!(out, "spooky_backend_ejections_total{{{labels}}} {ejections}");
             let _ = writeln!(out, "spooky_backend_h2_connections{{{labels}}} {connections}");
             let _ = writeln!(out, "spooky_backend_healthy{{{labels}}} {}", u8::from(healthy));
         }

@@ -15,6 +15,7 @@ use shards::{ShardSpec, ShardStats, ShardThread};
 
 use crate::admin::{self, AdminView, SharedView};
 use crate::coordinator::Coordinator;
+use crate::health::HealthChecker;
 
 /// What a process serves, and on which CPUs.
 #[derive(Clone, Debug)]
@@ -32,6 +33,7 @@ pub enum StartError {
     Shard { index: usize, source: shards::ShardError },
     Random,
     TooManyBackends,
+    HealthChecker(io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -43,6 +45,7 @@ impl fmt::Display for StartError {
             StartError::Tls(source) => write!(f, "{source}"),
             StartError::Shard { index, source } => write!(f, "shard {index}: {source}"),
             StartError::Random => f.write_str("no randomness available for connection IDs"),
+            StartError::HealthChecker(e) => write!(f, "cannot start health checks: {e}"),
             StartError::TooManyBackends => write!(
                 f,
                 "more than {} backends would be configured",
@@ -64,7 +67,9 @@ struct ShardHandle {
 pub struct RunningProxy {
     local_addr: SocketAddr,
     shards: Vec<ShardHandle>,
-    coordinator: Coordinator,
+    coordinator: Arc<Mutex<Coordinator>>,
+    /// Checks for the current configuration; replaced on reload.
+    health: Option<HealthChecker>,
     view: SharedView,
     /// The configured listen address (port as configured, possibly 0) and current plan, to
     /// compare a reload against.
@@ -114,19 +119,18 @@ impl RunningProxy {
             healthy: Vec::new(),
             config_generation: 1,
         }));
-        let mut coordinator = Coordinator::new(senders, view.clone());
-        coordinator.publish_health(
-            settings
-                .plan
-                .upstreams
-                .iter()
-                .map(|u| vec![true; u.backends.len()])
-                .collect(),
-        );
+        let coordinator = Arc::new(Mutex::new(Coordinator::new(
+            senders,
+            view.clone(),
+            &settings.plan,
+        )));
+        let health = HealthChecker::start(&settings.plan, 1, coordinator.clone())
+            .map_err(StartError::HealthChecker)?;
         Ok(RunningProxy {
             local_addr,
             shards: handles,
             coordinator,
+            health: Some(health),
             view,
             listen: settings.listen,
             plan: settings.plan,
@@ -154,7 +158,13 @@ impl RunningProxy {
             .plan
             .assign_stats_slots(Some(&self.plan))
             .map_err(|_| StartError::TooManyBackends)?;
-        self.coordinator.publish_plan(&settings.plan);
+        let generation = self.coordinator().publish_plan(&settings.plan);
+        // Stop the old checks first, so no report of the old shape races the new plan.
+        self.health = None;
+        self.health = Some(
+            HealthChecker::start(&settings.plan, generation, self.coordinator.clone())
+                .map_err(StartError::HealthChecker)?,
+        );
         self.plan = settings.plan;
         Ok(needs_restart)
     }
@@ -174,8 +184,12 @@ impl RunningProxy {
         self.shards.iter().map(|s| s.cpu).collect()
     }
 
-    pub fn coordinator(&mut self) -> &mut Coordinator {
-        &mut self.coordinator
+    /// The coordinator, locked. Never held by shards; hold it briefly.
+    pub fn coordinator(&self) -> std::sync::MutexGuard<'_, Coordinator> {
+        match self.coordinator.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// Waits until every shard serves traffic, or `limit` passes.
@@ -195,19 +209,20 @@ impl RunningProxy {
     /// Stops every shard at once (connections closed with H3_NO_ERROR) and waits for their
     /// threads. Returns the first shard error.
     pub fn shutdown(mut self) -> Result<(), shards::ShardError> {
-        self.coordinator.shutdown();
-        self.join()
+        self.stop()
     }
 
     /// Stops gracefully: no new connections, GOAWAY on every connection, requests in flight
     /// finish; connections still busy after `timeout` are closed. Returns when every shard stopped.
     pub fn drain(mut self, timeout: Duration) -> Result<(), shards::ShardError> {
-        self.coordinator.drain(Instant::now() + timeout);
+        self.health = None;
+        self.coordinator().drain(Instant::now() + timeout);
         self.join()
     }
 
     fn stop(&mut self) -> Result<(), shards::ShardError> {
-        self.coordinator.shutdown();
+        self.health = None;
+        self.coordinator().shutdown();
         self.join()
     }
 

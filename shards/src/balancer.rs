@@ -1,9 +1,15 @@
 //! Backend selection within one pool, per shard.
 //!
 //! Each shard owns one [`Balancer`] per upstream and decides alone: no shared counters, no locks.
-//! Health comes from the coordinator's snapshots; a backend marked unhealthy is skipped by every
-//! algorithm. Weights are honoured by both algorithms.
+//! Health comes from two places: the coordinator's snapshots (active checks) and this shard's own
+//! outlier detection (see [`crate::outlier`]). A backend unhealthy by either is skipped by every
+//! algorithm, except that when passive ejection alone would leave nothing to pick, ejections are
+//! ignored (a "panic" mode, as Envoy does) rather than failing every request. Weights are
+//! honoured by both algorithms.
 
+use std::time::Instant;
+
+use crate::outlier::Outliers;
 use crate::plan::{Balancing, BackendPlan};
 
 /// Index of a backend within its upstream.
@@ -18,6 +24,7 @@ pub struct Balancer {
     /// Picks interleave (a:5 b:1 c:1 gives a a b a c a a) instead of bursting.
     current: Vec<i64>,
     rng: XorShift64,
+    pub outliers: Outliers,
 }
 
 impl Balancer {
@@ -28,6 +35,7 @@ impl Balancer {
             healthy: vec![true; backends.len()],
             current: vec![0; backends.len()],
             rng: XorShift64::new(seed),
+            outliers: Outliers::new(backends.len()),
         }
     }
 
@@ -41,17 +49,35 @@ impl Balancer {
 
     /// Picks a healthy backend, or `None` when the pool has none.
     pub fn pick(&mut self) -> Option<BackendIndex> {
+        self.pick_excluding(Instant::now(), &[])
+    }
+
+    /// Picks a healthy backend not in `tried` (used when retrying a request elsewhere).
+    pub fn pick_excluding(&mut self, now: Instant, tried: &[BackendIndex]) -> Option<BackendIndex> {
+        let candidates: Vec<bool> = (0..self.weights.len())
+            .map(|i| self.healthy[i] && !tried.contains(&i))
+            .collect();
+        let not_ejected: Vec<bool> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, ok)| *ok && !self.outliers.is_ejected(i, now))
+            .collect();
+        let eligible = if not_ejected.iter().any(|ok| *ok) {
+            not_ejected
+        } else {
+            candidates
+        };
         match self.algorithm {
-            Balancing::RoundRobin => self.pick_round_robin(),
-            Balancing::Random => self.pick_random(),
+            Balancing::RoundRobin => self.pick_round_robin(&eligible),
+            Balancing::Random => self.pick_random(&eligible),
         }
     }
 
-    fn pick_round_robin(&mut self) -> Option<BackendIndex> {
+    fn pick_round_robin(&mut self, eligible: &[bool]) -> Option<BackendIndex> {
         let mut total = 0i64;
         let mut best: Option<BackendIndex> = None;
         for i in 0..self.weights.len() {
-            if !self.healthy[i] {
+            if !eligible[i] {
                 continue;
             }
             let weight = i64::from(self.weights[i]);
@@ -66,12 +92,12 @@ impl Balancer {
         Some(chosen)
     }
 
-    fn pick_random(&mut self) -> Option<BackendIndex> {
+    fn pick_random(&mut self, eligible: &[bool]) -> Option<BackendIndex> {
         let total: u64 = self
             .weights
             .iter()
-            .zip(&self.healthy)
-            .filter(|(_, healthy)| **healthy)
+            .zip(eligible)
+            .filter(|(_, ok)| **ok)
             .map(|(w, _)| u64::from(*w))
             .sum();
         if total == 0 {
@@ -79,7 +105,7 @@ impl Balancer {
         }
         let mut ticket = self.rng.next() % total;
         for (i, weight) in self.weights.iter().enumerate() {
-            if !self.healthy[i] {
+            if !eligible[i] {
                 continue;
             }
             let weight = u64::from(*weight);
@@ -124,6 +150,7 @@ mod tests {
                 address: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
                 weight: *w,
                 stats_slot: i,
+                health_check: None,
             })
             .collect()
     }
@@ -163,5 +190,22 @@ mod tests {
             b.set_health(&[false, false, false]);
             assert_eq!(b.pick(), None);
         }
+    }
+
+    #[test]
+    fn excluded_and_ejected_backends_are_skipped_but_ejection_never_empties_the_pool() {
+        let mut b = Balancer::new(Balancing::RoundRobin, &backends(&[1, 1]), 5);
+        let now = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(b.pick_excluding(now, &[0]), Some(1));
+        }
+        b.outliers.record_failure(0, crate::outlier::Failure::Connect, now);
+        for _ in 0..10 {
+            assert_eq!(b.pick_excluding(now, &[]), Some(1));
+        }
+        b.outliers.record_failure(1, crate::outlier::Failure::Connect, now);
+        // Both ejected: panic mode spreads traffic over the healthy set again.
+        let picks: Vec<_> = (0..4).map(|_| b.pick_excluding(now, &[]).unwrap()).collect();
+        assert!(picks.contains(&0) && picks.contains(&1));
     }
 }

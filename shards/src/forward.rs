@@ -7,9 +7,10 @@
 //! task's h2 handles resets the backend stream with CANCEL, which is how a client cancel reaches
 //! the backend.
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::future;
@@ -18,6 +19,8 @@ use h2::{Reason, SendStream};
 
 use crate::connections::{StreamKey, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_REQUEST_CANCELLED};
 use crate::headers::{translate_request_trailers, translate_response, translate_trailers, RequestHead};
+use crate::balancer::BackendIndex;
+use crate::outlier::Failure;
 use crate::router::UpstreamIndex;
 use crate::shard::Shard;
 use crate::streams::{BodyRead, StreamGone};
@@ -123,40 +126,144 @@ async fn proxy(
     has_body: bool,
 ) -> Outcome {
     let upstream = upstreams.get(upstream_index);
-    let picked = upstream.balancer.borrow_mut().pick();
-    let Some(backend) = picked else {
-        return reply(
-            shard,
-            key,
-            503,
-            "no healthy backend",
-            &[("retry-after", "1")],
-        )
-        .await;
-    };
-    let pool = upstream.pools[backend].clone();
-    let outcome = proxy_to(shard, key, head, upstream, backend, &pool, has_body).await;
-    let slot = upstream.plan.backends[backend].stats_slot;
-    if let Some(counters) = shard.stats.backend(slot) {
-        match outcome {
-            Outcome::Responded(status) => counters.count_status(status),
-            Outcome::Reset | Outcome::ClientGone => counters.failures.incr(),
+    upstream.retry_budget.on_request();
+    // Set once any request body byte was taken from the client: from then on the request cannot
+    // be replayed elsewhere, because the body was not kept.
+    let body_started = Cell::new(false);
+    let mut tried: Vec<BackendIndex> = Vec::new();
+    loop {
+        let picked = upstream
+            .balancer
+            .borrow_mut()
+            .pick_excluding(Instant::now(), &tried);
+        let Some(backend) = picked else {
+            if tried.is_empty() {
+                return reply(shard, key, 503, "no healthy backend", &[("retry-after", "1")]).await;
+            }
+            return reply(shard, key, 502, "backend unreachable", &[]).await;
+        };
+        tried.push(backend);
+        let attempt = attempt(shard, key, &head, upstream, backend, has_body, &body_started).await;
+        let slot = upstream.plan.backends[backend].stats_slot;
+        let counters = shard.stats.backend(slot);
+        let failure = match attempt {
+            Attempt::Finished(outcome) => {
+                let failure = match outcome {
+                    Outcome::Responded(status) if status >= 500 => Some(Failure::ServerError),
+                    Outcome::Reset => Some(Failure::Reset),
+                    _ => None,
+                };
+                record(shard, upstream, backend, failure);
+                if let Some(counters) = counters {
+                    match outcome {
+                        Outcome::Responded(status) => counters.count_status(status),
+                        Outcome::Reset | Outcome::ClientGone => counters.failures.incr(),
+                    }
+                }
+                return outcome;
+            }
+            Attempt::Failed(failure) => failure,
+        };
+        record(shard, upstream, backend, Some(failure.kind()));
+        let retryable = failure.replayable()
+            && !body_started.get()
+            && tried.len() <= upstream.plan.retries as usize
+            && upstream.retry_budget.try_spend();
+        if retryable {
+            shard.stats.retries.incr();
+            log::debug!(
+                "retrying request to upstream {} after {failure:?} from {}",
+                upstream.plan.name,
+                upstream.plan.backends[backend].id
+            );
+            continue;
         }
+        let (status, message) = failure.response();
+        if let Some(counters) = counters {
+            counters.count_status(status);
+        }
+        return reply(shard, key, status, message, &[]).await;
     }
-    outcome
 }
 
-/// Forwards the request to one chosen backend.
-async fn proxy_to(
+/// Feeds one request's result to the shard's outlier detection for that backend.
+fn record(shard: &Shard, upstream: &Upstream, backend: BackendIndex, failure: Option<Failure>) {
+    let mut balancer = upstream.balancer.borrow_mut();
+    let Some(failure) = failure else {
+        balancer.outliers.record_success(backend);
+        return;
+    };
+    if let Some(backoff) = balancer
+        .outliers
+        .record_failure(backend, failure, Instant::now())
+    {
+        let id = &upstream.plan.backends[backend].id;
+        log::warn!(
+            "shard ejected backend {id} of upstream {} for {backoff:?} after {failure:?}",
+            upstream.plan.name
+        );
+        if let Some(counters) = shard.stats.backend(upstream.plan.backends[backend].stats_slot) {
+            counters.ejections.incr();
+        }
+    }
+}
+
+/// Why an attempt ended before any response byte reached the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttemptFailure {
+    /// No connection could be made: the backend never saw the request.
+    Connect,
+    /// The backend refused the stream (REFUSED_STREAM, or GOAWAY before it): not processed.
+    Refused,
+    /// The backend failed after it may have started processing the request.
+    Broken,
+    /// No response headers within the configured time.
+    Timeout,
+}
+
+impl AttemptFailure {
+    /// Whether the backend is known not to have processed the request (RFC 9113 §8.7).
+    fn replayable(self) -> bool {
+        matches!(self, AttemptFailure::Connect | AttemptFailure::Refused)
+    }
+
+    fn kind(self) -> Failure {
+        match self {
+            AttemptFailure::Connect => Failure::Connect,
+            AttemptFailure::Refused | AttemptFailure::Broken | AttemptFailure::Timeout => {
+                Failure::Reset
+            }
+        }
+    }
+
+    fn response(self) -> (u16, &'static str) {
+        match self {
+            AttemptFailure::Connect => (502, "backend unreachable"),
+            AttemptFailure::Refused | AttemptFailure::Broken => (502, "backend failed"),
+            AttemptFailure::Timeout => (504, "backend timed out"),
+        }
+    }
+}
+
+enum Attempt {
+    /// The client got a response (or the stream ended); nothing more to try.
+    Finished(Outcome),
+    /// Nothing was sent to the client yet.
+    Failed(AttemptFailure),
+}
+
+/// Sends the request to one backend and relays its response.
+async fn attempt(
     shard: &Rc<Shard>,
     key: StreamKey,
-    head: RequestHead,
+    head: &RequestHead,
     upstream: &Upstream,
-    backend: usize,
-    pool: &Rc<crate::pool::BackendPool>,
+    backend: BackendIndex,
     has_body: bool,
-) -> Outcome {
-    let (sender, lease) = match pool.acquire().await {
+    body_started: &Cell<bool>,
+) -> Attempt {
+    let pool = upstream.pools[backend].clone();
+    let (mut sender, lease) = match pool.acquire().await {
         Ok(acquired) => acquired,
         Err(e) => {
             log::debug!(
@@ -164,22 +271,21 @@ async fn proxy_to(
                 upstream.plan.name,
                 upstream.plan.backends[backend].id
             );
-            return reply(shard, key, 502, "backend unreachable", &[]).await;
+            return Attempt::Failed(AttemptFailure::Connect);
         }
     };
-    let content_length = head.content_length;
     let mut request = http::Request::new(());
-    *request.method_mut() = head.method;
-    *request.uri_mut() = head.uri;
-    *request.headers_mut() = head.headers;
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = head.uri.clone();
+    *request.headers_mut() = head.headers.clone();
     *request.version_mut() = http::Version::HTTP_2;
-    let mut sender = sender;
     let (response, send_stream) = match sender.send_request(request, !has_body) {
         Ok(pair) => pair,
         Err(e) => {
+            // Nothing was written for this stream: the connection was already unusable.
             log::debug!("h2 send_request failed: {e}");
             lease.mark_broken();
-            return reply(shard, key, 502, "backend connection failed", &[]).await;
+            return Attempt::Failed(AttemptFailure::Refused);
         }
     };
     let timeout = upstream.plan.timeouts.response_headers;
@@ -189,9 +295,9 @@ async fn proxy_to(
     }
     // The upload only ends the race when it fails; a finished upload waits for the response.
     let upload = async {
-        match upload_body(shard, key, send_stream, content_length).await {
+        match upload_body(shard, key, send_stream, head.content_length, body_started).await {
             Ok(()) => future::pending().await,
-            Err(outcome) => outcome,
+            Err(outcome) => Attempt::Finished(outcome),
         }
     };
     future::or(download, upload).await
@@ -202,20 +308,33 @@ async fn relay_response(
     key: StreamKey,
     response: ResponseFuture,
     timeout: Duration,
-) -> Outcome {
+) -> Attempt {
     let headers_or_timeout = future::or(async { Some(response.await) }, async {
         glommio::timer::sleep(timeout).await;
         None
     })
     .await;
     let response = match headers_or_timeout {
-        None => return reply(shard, key, 504, "backend timed out", &[]).await,
+        None => return Attempt::Failed(AttemptFailure::Timeout),
         Some(Err(e)) => {
             log::debug!("backend failed before responding: {e}");
-            return reply(shard, key, 502, "backend failed", &[]).await;
+            let refused = e.reason() == Some(Reason::REFUSED_STREAM) || e.is_go_away();
+            return Attempt::Failed(if refused {
+                AttemptFailure::Refused
+            } else {
+                AttemptFailure::Broken
+            });
         }
         Some(Ok(response)) => response,
     };
+    Attempt::Finished(relay_body(shard, key, response).await)
+}
+
+async fn relay_body(
+    shard: &Shard,
+    key: StreamKey,
+    response: http::Response<h2::RecvStream>,
+) -> Outcome {
     let (parts, mut body) = response.into_parts();
     let status = parts.status.as_u16();
     let fields = translate_response(status, &parts.headers);
@@ -274,6 +393,7 @@ async fn upload_body(
     key: StreamKey,
     mut send: SendStream<Bytes>,
     content_length: Option<u64>,
+    body_started: &Cell<bool>,
 ) -> Result<(), Outcome> {
     let mut buf = vec![0u8; UPLOAD_CHUNK];
     let mut sent: u64 = 0;
@@ -294,6 +414,7 @@ async fn upload_body(
         match shard.read_body(key, &mut buf[..want]).await? {
             BodyRead::Data(0) => {}
             BodyRead::Data(n) => {
+                body_started.set(true);
                 sent += n as u64;
                 if content_length.is_some_and(|declared| sent > declared) {
                     return Err(malformed_body(shard, key, &mut send));

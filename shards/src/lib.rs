@@ -13,6 +13,7 @@ pub mod control;
 pub mod forward;
 pub mod headers;
 mod notify;
+pub mod outlier;
 pub mod plan;
 pub mod pool;
 pub mod router;

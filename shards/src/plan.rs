@@ -58,8 +58,18 @@ pub struct UpstreamPlan {
     pub route: RoutePlan,
     pub balancing: Balancing,
     pub timeouts: UpstreamTimeouts,
+    /// How many other backends a request that was not processed (connect failure, refused
+    /// stream) may be sent to.
+    pub retries: u32,
+    /// Retries allowed as a share of requests (0.2 = 20%), so retries cannot multiply load when
+    /// a whole pool struggles.
+    pub retry_budget: f64,
     pub backends: Vec<BackendPlan>,
 }
+
+/// Retry defaults, as Envoy's: 2 retries within a 20% budget.
+pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
 
 /// Which requests an upstream receives.
 #[derive(Clone, Debug)]
@@ -101,9 +111,23 @@ pub struct BackendPlan {
     pub id: String,
     pub address: SocketAddr,
     pub weight: u32,
+    /// Active health checking by the coordinator; `None` means the backend is taken as healthy.
+    pub health_check: Option<HealthCheckPlan>,
     /// Which of the shard's per-backend counter slots this backend uses (below
     /// [`MAX_BACKENDS`]). A backend keeps its slot across reloads, so its counters continue.
     pub stats_slot: usize,
+}
+
+/// How the coordinator probes one backend: an HTTP/2 GET of `path` every `interval`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheckPlan {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that turn a healthy backend unhealthy.
+    pub failure_threshold: u32,
+    /// Consecutive successes that turn an unhealthy backend healthy again.
+    pub success_threshold: u32,
 }
 
 /// Most backends one process can have configured at once: the size of each shard's fixed

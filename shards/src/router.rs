@@ -48,6 +48,8 @@ mod tests {
             },
             balancing: Balancing::RoundRobin,
             timeouts: UpstreamTimeouts::default(),
+            retries: 0,
+            retry_budget: 0.0,
             backends: vec![],
         }
     }

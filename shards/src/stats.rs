@@ -78,6 +78,8 @@ pub struct BackendStats {
     pub responses_5xx: Counter,
     /// Requests that ended without a backend status (connect failure, timeout, reset).
     pub failures: Counter,
+    /// Times this shard's outlier detection ejected the backend.
+    pub ejections: Counter,
     /// Open HTTP/2 connections from this shard to the backend (gauge).
     pub h2_connections: Counter,
 }
@@ -130,6 +132,8 @@ pub struct ShardStats {
     pub malformed_requests: Counter,
     pub backend_connects: Counter,
     pub backend_connect_failures: Counter,
+    /// Requests sent again to another backend after a failure that left them unprocessed.
+    pub retries: Counter,
     /// Connections that closed before their handshake completed.
     pub handshake_failures: Counter,
     pub request_duration: DurationHistogram,

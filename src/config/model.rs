@@ -137,6 +137,8 @@ pub struct RawUpstream {
     pub load_balancing: Option<RawLoadBalancing>,
     #[serde(default)]
     pub timeouts: Option<RawTimeouts>,
+    pub retries: Option<Int>,
+    pub retry_budget_percent: Option<Int>,
     /// Defaults to empty so that an empty pool is reported by validation with its key path.
     #[serde(default)]
     pub backends: Vec<RawBackend>,
@@ -176,6 +178,7 @@ pub struct RawBackend {
     pub id: String,
     pub address: String,
     pub weight: Option<Int>,
+    pub health_check: Option<RawHealthCheck>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,4 +191,14 @@ pub struct RawLog {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: String,
+    pub interval: Option<Int>,
+    pub timeout_ms: Option<Int>,
+    pub failure_threshold: Option<Int>,
+    pub success_threshold: Option<Int>,
 }

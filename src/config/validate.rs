@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use log::LevelFilter;
 use shards::plan::{
-    BackendPlan, Balancing, ProxyPlan, QuicSettings, RoutePlan, TlsFiles, UpstreamPlan,
+    BackendPlan, Balancing, HealthCheckPlan, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET, ProxyPlan, QuicSettings, RoutePlan, TlsFiles, UpstreamPlan,
     UpstreamTimeouts,
 };
 
 use super::error::Problem;
-use super::model::{BalancingKind, Int, RawConfig, RawQuic, RawRuntime, RawUpstream};
+use super::model::{
+    BalancingKind, Int, RawConfig, RawHealthCheck, RawQuic, RawRuntime, RawUpstream,
+};
 use super::Config;
 
 /// Flow-control windows smaller than this stall transfers on any real path; QUIC implementations
@@ -255,6 +257,47 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         admin,
         log_level,
         plan,
+    })
+}
+
+/// Defaults follow the upstream Spooky guide's examples.
+const DEFAULT_HEALTH_INTERVAL_MS: i64 = 5_000;
+const DEFAULT_HEALTH_TIMEOUT_MS: i64 = 2_000;
+const DEFAULT_FAILURE_THRESHOLD: i64 = 3;
+const DEFAULT_SUCCESS_THRESHOLD: i64 = 2;
+
+fn check_health_check(p: &mut Problems, key: &str, raw: &RawHealthCheck) -> Option<HealthCheckPlan> {
+    if !raw.path.starts_with('/') {
+        p.push(
+            format!("{key}.path"),
+            format!("`{}` must start with '/'", raw.path),
+        );
+    }
+    let mut field = |name: &str, value: Option<Int>, default: i64, lo: i64, hi: i64, unit: &str| {
+        p.in_range(&format!("{key}.{name}"), value.map_or(default, |v| v.0), lo, hi, unit)
+    };
+    let interval = field("interval", raw.interval, DEFAULT_HEALTH_INTERVAL_MS, 10, 3_600_000, " ms");
+    let timeout = field("timeout_ms", raw.timeout_ms, DEFAULT_HEALTH_TIMEOUT_MS, 1, 600_000, " ms");
+    let failures = field("failure_threshold", raw.failure_threshold, DEFAULT_FAILURE_THRESHOLD, 1, 1000, "");
+    let successes = field("success_threshold", raw.success_threshold, DEFAULT_SUCCESS_THRESHOLD, 1, 1000, "");
+    if let (Some(interval), Some(timeout)) = (interval, timeout) {
+        if timeout > interval {
+            p.push(
+                format!("{key}.timeout_ms"),
+                format!("{timeout} ms is longer than the interval ({interval} ms); checks would overlap"),
+            );
+            return None;
+        }
+    }
+    if !raw.path.starts_with('/') {
+        return None;
+    }
+    Some(HealthCheckPlan {
+        path: raw.path.clone(),
+        interval: Duration::from_millis(interval? as u64),
+        timeout: Duration::from_millis(timeout? as u64),
+        failure_threshold: failures? as u32,
+        success_threshold: successes? as u32,
     })
 }
 
@@ -587,16 +630,43 @@ fn check_upstreams(p: &mut Problems, upstreams: &[(String, RawUpstream)]) -> Vec
                     .map(|w| w as u32),
             };
 
-            if let (Some(address), Some(weight)) = (address, weight) {
+            let health_check = match &b.health_check {
+                None => Some(None),
+                Some(raw) => check_health_check(p, &format!("{bkey}.health_check"), raw).map(Some),
+            };
+
+            if let (Some(address), Some(weight), Some(health_check)) = (address, weight, health_check) {
                 backends.push(BackendPlan {
                     id: b.id.clone(),
                     address,
                     weight,
+                    health_check,
                     // Assigned for the whole plan once every backend is known.
                     stats_slot: 0,
                 });
             }
         }
+
+        let retries = p
+            .in_range(
+                &format!("{base}.retries"),
+                up.retries.map_or(i64::from(DEFAULT_RETRIES), |r| r.0),
+                0,
+                10,
+                "",
+            )
+            .unwrap_or(DEFAULT_RETRIES as i64) as u32;
+        let retry_budget = p
+            .in_range(
+                &format!("{base}.retry_budget_percent"),
+                up.retry_budget_percent
+                    .map_or((DEFAULT_RETRY_BUDGET * 100.0) as i64, |r| r.0),
+                0,
+                100,
+                " %",
+            )
+            .unwrap_or(20) as f64
+            / 100.0;
 
         plans.push(UpstreamPlan {
             name: name.clone(),
@@ -605,6 +675,8 @@ fn check_upstreams(p: &mut Problems, upstreams: &[(String, RawUpstream)]) -> Vec
             },
             balancing,
             timeouts,
+            retries,
+            retry_budget,
             backends,
         });
     }

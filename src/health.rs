@@ -1,0 +1,193 @@
+//! Active health checks, run by the coordinator side of the process.
+//!
+//! One thread with its own glommio executor probes every backend that has a `health_check`: an
+//! HTTP/2 GET of the configured path on a fresh connection, within `timeout`, every `interval`
+//! (first probe at a random offset, then with ±10% jitter, so checks of many backends and many
+//! processes do not fall in step). A backend turns unhealthy after `failure_threshold` failed
+//! probes in a row and healthy again after `success_threshold` passes. Only changes are reported,
+//! to the coordinator, which publishes a versioned snapshot to every shard.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_lite::future;
+use glommio::{LocalExecutorBuilder, Placement};
+use shards::plan::{HealthCheckPlan, ProxyPlan};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::coordinator::Coordinator;
+
+/// A running set of checks for one configuration generation. Dropping it stops them.
+pub struct HealthChecker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for HealthChecker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Target {
+    upstream: usize,
+    backend: usize,
+    address: SocketAddr,
+    check: HealthCheckPlan,
+}
+
+impl HealthChecker {
+    /// Starts checking every backend of `plan` that has a health check. `generation` tags the
+    /// reports so the coordinator ignores a checker that a reload replaced.
+    pub fn start(
+        plan: &ProxyPlan,
+        generation: u64,
+        coordinator: Arc<Mutex<Coordinator>>,
+    ) -> std::io::Result<HealthChecker> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let targets: Vec<Target> = plan
+            .upstreams
+            .iter()
+            .enumerate()
+            .flat_map(|(u, upstream)| {
+                upstream.backends.iter().enumerate().filter_map(move |(b, backend)| {
+                    backend.health_check.clone().map(|check| Target {
+                        upstream: u,
+                        backend: b,
+                        address: backend.address,
+                        check,
+                    })
+                })
+            })
+            .collect();
+        if targets.is_empty() {
+            return Ok(HealthChecker { stop });
+        }
+        let task_stop = stop.clone();
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .name("spooky-health")
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let tasks: Vec<_> = targets
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, target)| {
+                        glommio::spawn_local(check_loop(
+                            target,
+                            i as u64,
+                            generation,
+                            coordinator.clone(),
+                            task_stop.clone(),
+                        ))
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await;
+                }
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(HealthChecker { stop })
+    }
+}
+
+async fn check_loop(
+    target: Target,
+    seed: u64,
+    generation: u64,
+    coordinator: Arc<Mutex<Coordinator>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = Jitter::new(seed);
+    let interval = target.check.interval;
+    let mut healthy = true;
+    let (mut failures, mut successes) = (0u32, 0u32);
+    let mut wait = rng.fraction_of(interval, 0.0, 1.0);
+    loop {
+        // Sleep in short steps so a stop (reload, shutdown) is noticed promptly.
+        let mut remaining = wait;
+        while !remaining.is_zero() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let step = remaining.min(Duration::from_millis(50));
+            glommio::timer::sleep(step).await;
+            remaining -= step;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let passed = probe(target.address, &target.check.path, target.check.timeout).await;
+        if passed {
+            successes += 1;
+            failures = 0;
+        } else {
+            failures += 1;
+            successes = 0;
+        }
+        let flip = if healthy && failures >= target.check.failure_threshold {
+            Some(false)
+        } else if !healthy && successes >= target.check.success_threshold {
+            Some(true)
+        } else {
+            None
+        };
+        if let Some(now_healthy) = flip {
+            healthy = now_healthy;
+            let mut coordinator = match coordinator.lock() {
+                Ok(c) => c,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            coordinator.set_backend_health(generation, target.upstream, target.backend, healthy);
+        }
+        wait = rng.fraction_of(interval, 0.9, 1.1);
+    }
+}
+
+/// One probe: connect, HTTP/2 handshake, `GET path`, a 2xx status, all within `timeout`.
+async fn probe(address: SocketAddr, path: &str, timeout: Duration) -> bool {
+    let attempt = async {
+        let stream = glommio::net::TcpStream::connect(address).await.ok()?;
+        stream.set_nodelay(true).ok()?;
+        let (mut sender, connection) = h2::client::handshake(stream.compat()).await.ok()?;
+        let driver = glommio::spawn_local(async move {
+            let _ = connection.await;
+        });
+        let request = http::Request::get(format!("http://{address}{path}"))
+            .header("user-agent", "spooky-health-check")
+            .body(())
+            .ok()?;
+        let (response, _) = sender.send_request(request, true).ok()?;
+        let response = response.await.ok()?;
+        drop(driver);
+        Some(response.status().is_success())
+    };
+    let timed_out = async {
+        glommio::timer::sleep(timeout).await;
+        None
+    };
+    future::or(attempt, timed_out).await.unwrap_or(false)
+}
+
+/// Spreads check times; not cryptographic.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(seed: u64) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Jitter((nanos ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+    }
+
+    /// A duration uniformly between `low` and `high` times `base`.
+    fn fraction_of(&mut self, base: Duration, low: f64, high: f64) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let unit = (self.0 >> 11) as f64 / (1u64 << 53) as f64;
+        base.mul_f64(low + (high - low) * unit)
+    }
+}
+
