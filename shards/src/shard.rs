@@ -144,6 +144,10 @@ pub struct Shard {
     timer_changed: Rc<Notify>,
     /// Where body bytes of streams nobody reads any more are read into and dropped.
     discard: RefCell<Box<[u8]>>,
+    /// Request tasks waiting to be spawned. glommio polls a task as soon as it is spawned, and
+    /// requests are discovered while the connection table is borrowed, so spawning waits until
+    /// that borrow ends (see [`Shard::spawn_pending`]).
+    pending: RefCell<Vec<(StreamKey, Job)>>,
 }
 
 async fn run(spec: ShardSpec) -> Result<(), ShardError> {
@@ -182,6 +186,7 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
         flush_needed: Notify::default(),
         timer_changed,
         discard: RefCell::new(vec![0; MAX_DATAGRAM].into_boxed_slice()),
+        pending: RefCell::new(Vec::new()),
     });
     stats.thread_id.set(current_thread_id());
     stats.running.set(1);
@@ -223,6 +228,8 @@ async fn receive_loop(shard: Rc<Shard>, socket: glommio::net::UdpSocket) -> Resu
             shard.on_datagram(&mut conns, &mut buf[..len], from);
         }
         conns.flush();
+        drop(conns);
+        shard.spawn_pending();
     }
 }
 
@@ -414,7 +421,21 @@ impl Shard {
                 }
             }
         };
-        glommio::spawn_local(forward::serve(self.clone(), key, job)).detach();
+        self.pending.borrow_mut().push((key, job));
+    }
+
+    /// Starts the request tasks found since the last call. Must be called with the connection
+    /// table not borrowed.
+    pub fn spawn_pending(self: &Rc<Self>) {
+        loop {
+            let jobs = std::mem::take(&mut *self.pending.borrow_mut());
+            if jobs.is_empty() {
+                return;
+            }
+            for (key, job) in jobs {
+                glommio::spawn_local(forward::serve(self.clone(), key, job)).detach();
+            }
+        }
     }
 
     /// Applies a new plan: routes, pools and balancing for new requests, and the TLS

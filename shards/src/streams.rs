@@ -178,6 +178,7 @@ impl Shard {
                 }
             };
             drop(conns);
+            self.spawn_pending();
             self.flush_needed.notify();
             outcome
         })
