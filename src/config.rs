@@ -85,7 +85,11 @@ impl Config {
             return Err(self.cores_error("the CPU list is empty".into()));
         }
         if let Some(allowed) = Host::current().allowed_cpus {
-            let unavailable: Vec<usize> = cores.iter().copied().filter(|c| !allowed.contains(c)).collect();
+            let unavailable: Vec<usize> = cores
+                .iter()
+                .copied()
+                .filter(|c| !allowed.contains(c))
+                .collect();
             if !unavailable.is_empty() {
                 return Err(self.cores_error(format!(
                     "CPU(s) {unavailable:?} are not available to this process (allowed: {})",

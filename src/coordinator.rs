@@ -43,11 +43,21 @@ impl Coordinator {
 
     /// Records a health check result that changed a backend's state, and publishes it. Reports
     /// from a checker of an older configuration generation are ignored.
-    pub fn set_backend_health(&mut self, generation: u64, upstream: usize, backend: usize, healthy: bool) {
+    pub fn set_backend_health(
+        &mut self,
+        generation: u64,
+        upstream: usize,
+        backend: usize,
+        healthy: bool,
+    ) {
         if generation != self.generation {
             return;
         }
-        let Some(slot) = self.healthy.get_mut(upstream).and_then(|u| u.get_mut(backend)) else {
+        let Some(slot) = self
+            .healthy
+            .get_mut(upstream)
+            .and_then(|u| u.get_mut(backend))
+        else {
             return;
         };
         if *slot == healthy {

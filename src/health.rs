@@ -51,14 +51,18 @@ impl HealthChecker {
             .iter()
             .enumerate()
             .flat_map(|(u, upstream)| {
-                upstream.backends.iter().enumerate().filter_map(move |(b, backend)| {
-                    backend.health_check.clone().map(|check| Target {
-                        upstream: u,
-                        backend: b,
-                        address: backend.address,
-                        check,
+                upstream
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(b, backend)| {
+                        backend.health_check.clone().map(|check| Target {
+                            upstream: u,
+                            backend: b,
+                            address: backend.address,
+                            check,
+                        })
                     })
-                })
             })
             .collect();
         if targets.is_empty() {
@@ -190,4 +194,3 @@ impl Jitter {
         base.mul_f64(low + (high - low) * unit)
     }
 }
-

@@ -27,7 +27,9 @@ enum Command {
         check_only: bool,
         cores: Option<Vec<usize>>,
     },
-    Demo { port: u16 },
+    Demo {
+        port: u16,
+    },
     Help,
     Version,
 }
@@ -139,7 +141,10 @@ fn run_config(path: PathBuf, check_only: bool, cores: Option<Vec<usize>>) -> Exi
         },
         drain_timeout,
         config.admin_addr(),
-        Some(Reloader { path, cores_override }),
+        Some(Reloader {
+            path,
+            cores_override,
+        }),
         None,
     )
 }
@@ -227,7 +232,9 @@ fn serve_with(
     );
     if let Some(address) = admin {
         match proxy.start_admin(address) {
-            Ok(bound) => log::info!("admin endpoint on http://{bound} (/metrics, /health/live, /health/ready)"),
+            Ok(bound) => log::info!(
+                "admin endpoint on http://{bound} (/metrics, /health/live, /health/ready)"
+            ),
             Err(e) => {
                 log::error!("cannot serve admin endpoint on {address}: {e}");
                 let _ = proxy.shutdown();

@@ -50,19 +50,108 @@ fn per_shard(
 }
 
 fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
-    per_shard(out, shards, "spooky_shard_up", "gauge", "1 while the shard serves traffic.", |s| &s.running);
-    per_shard(out, shards, "spooky_quic_connections_active", "gauge", "Open QUIC connections.", |s| &s.connections_active);
-    per_shard(out, shards, "spooky_quic_connections_accepted_total", "counter", "QUIC connections accepted.", |s| &s.connections_accepted);
-    per_shard(out, shards, "spooky_quic_handshakes_total", "counter", "QUIC handshakes completed.", |s| &s.handshakes_completed);
-    per_shard(out, shards, "spooky_quic_handshake_failures_total", "counter", "QUIC connections closed before their handshake completed.", |s| &s.handshake_failures);
-    per_shard(out, shards, "spooky_http3_streams_active", "gauge", "Requests in progress.", |s| &s.streams_active);
-    per_shard(out, shards, "spooky_requests_total", "counter", "HTTP/3 requests received.", |s| &s.requests);
-    per_shard(out, shards, "spooky_requests_malformed_total", "counter", "Requests rejected as malformed.", |s| &s.malformed_requests);
-    per_shard(out, shards, "spooky_requests_cancelled_total", "counter", "Requests the client cancelled before completion.", |s| &s.client_cancels);
-    per_shard(out, shards, "spooky_streams_reset_total", "counter", "Client streams reset after a backend failure mid-response.", |s| &s.streams_reset);
-    per_shard(out, shards, "spooky_datagrams_received_total", "counter", "UDP datagrams received.", |s| &s.datagrams_received);
-    per_shard(out, shards, "spooky_datagrams_sent_total", "counter", "UDP datagrams sent.", |s| &s.datagrams_sent);
-    header(out, "spooky_datagrams_dropped_total", "counter", "UDP datagrams dropped, by reason.");
+    per_shard(
+        out,
+        shards,
+        "spooky_shard_up",
+        "gauge",
+        "1 while the shard serves traffic.",
+        |s| &s.running,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_quic_connections_active",
+        "gauge",
+        "Open QUIC connections.",
+        |s| &s.connections_active,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_quic_connections_accepted_total",
+        "counter",
+        "QUIC connections accepted.",
+        |s| &s.connections_accepted,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_quic_handshakes_total",
+        "counter",
+        "QUIC handshakes completed.",
+        |s| &s.handshakes_completed,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_quic_handshake_failures_total",
+        "counter",
+        "QUIC connections closed before their handshake completed.",
+        |s| &s.handshake_failures,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_http3_streams_active",
+        "gauge",
+        "Requests in progress.",
+        |s| &s.streams_active,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_requests_total",
+        "counter",
+        "HTTP/3 requests received.",
+        |s| &s.requests,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_requests_malformed_total",
+        "counter",
+        "Requests rejected as malformed.",
+        |s| &s.malformed_requests,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_requests_cancelled_total",
+        "counter",
+        "Requests the client cancelled before completion.",
+        |s| &s.client_cancels,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_streams_reset_total",
+        "counter",
+        "Client streams reset after a backend failure mid-response.",
+        |s| &s.streams_reset,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_datagrams_received_total",
+        "counter",
+        "UDP datagrams received.",
+        |s| &s.datagrams_received,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_datagrams_sent_total",
+        "counter",
+        "UDP datagrams sent.",
+        |s| &s.datagrams_sent,
+    );
+    header(
+        out,
+        "spooky_datagrams_dropped_total",
+        "counter",
+        "UDP datagrams dropped, by reason.",
+    );
     for (index, stats) in shards.iter().enumerate() {
         for (reason, counter) in [
             ("unknown_connection", &stats.datagrams_dropped_unknown),
@@ -76,16 +165,63 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
             );
         }
     }
-    per_shard(out, shards, "spooky_version_negotiations_total", "counter", "Version Negotiation packets sent.", |s| &s.version_negotiations);
-    per_shard(out, shards, "spooky_bytes_received_total", "counter", "UDP payload bytes received.", |s| &s.bytes_received);
-    per_shard(out, shards, "spooky_bytes_sent_total", "counter", "UDP payload bytes sent.", |s| &s.bytes_sent);
-    per_shard(out, shards, "spooky_retries_total", "counter", "Requests sent again to another backend after an unprocessed failure.", |s| &s.retries);
-    per_shard(out, shards, "spooky_backend_connects_total", "counter", "HTTP/2 connections opened to backends.", |s| &s.backend_connects);
-    per_shard(out, shards, "spooky_backend_connect_failures_total", "counter", "Failed attempts to connect to a backend.", |s| &s.backend_connect_failures);
+    per_shard(
+        out,
+        shards,
+        "spooky_version_negotiations_total",
+        "counter",
+        "Version Negotiation packets sent.",
+        |s| &s.version_negotiations,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_bytes_received_total",
+        "counter",
+        "UDP payload bytes received.",
+        |s| &s.bytes_received,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_bytes_sent_total",
+        "counter",
+        "UDP payload bytes sent.",
+        |s| &s.bytes_sent,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_retries_total",
+        "counter",
+        "Requests sent again to another backend after an unprocessed failure.",
+        |s| &s.retries,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_backend_connects_total",
+        "counter",
+        "HTTP/2 connections opened to backends.",
+        |s| &s.backend_connects,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_backend_connect_failures_total",
+        "counter",
+        "Failed attempts to connect to a backend.",
+        |s| &s.backend_connect_failures,
+    );
 }
 
 fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
-    header(out, "spooky_backend_responses_total", "counter", "Responses by upstream, backend and status class (summed over shards).");
+    header(
+        out,
+        "spooky_backend_responses_total",
+        "counter",
+        "Responses by upstream, backend and status class (summed over shards).",
+    );
     for upstream in &source.plan.upstreams {
         for backend in &upstream.backends {
             let sum = |pick: &dyn Fn(&shards::stats::BackendStats) -> &Counter| -> u64 {
@@ -110,33 +246,90 @@ fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
             }
         }
     }
-    header(out, "spooky_backend_failures_total", "counter", "Requests to a backend that ended without a response (client gone, reset).");
-    header(out, "spooky_backend_ejections_total", "counter", "Passive-health ejections of a backend (summed over shards).");
-    header(out, "spooky_backend_h2_connections", "gauge", "Open HTTP/2 connections to a backend (summed over shards).");
-    header(out, "spooky_backend_healthy", "gauge", "1 when the backend may receive traffic.");
-    for (u, upstream) in source.plan.upstreams.iter().enumerate() {
-        for (b, backend) in upstream.backends.iter().enumerate() {
-            let labels = format!("upstream=\"{}\",backend=\"{}\"", upstream.name, backend.id);
-            let slot = backend.stats_slot;
-            let failures: u64 = source.shards.iter().filter_map(|s| s.backend(slot)).map(|c| c.failures.get()).sum();
-            let connections: u64 = source.shards.iter().filter_map(|s| s.backend(slot)).map(|c| c.h2_connections.get()).sum();
-            let healthy = source.healthy.get(u).and_then(|h| h.get(b)).copied().unwrap_or(true);
-            let _ = writeln!(out, "spooky_backend_failures_total{{{labels}}} {failures}");
-            let ejections: u64 = source.shards.iter().filter_map(|s| s.backend(slot)).map(|c| c.ejections.get()).sum();
-            let _ = writeln!(out, "spooky_backend_ejections_total{{{labels}}} {ejections}");
-            let _ = writeln!(out, "spooky_backend_h2_connections{{{labels}}} {connections}");
-            let _ = writeln!(out, "spooky_backend_healthy{{{labels}}} {}", u8::from(healthy));
+    let per_backend = |out: &mut String,
+                       name: &str,
+                       kind: &str,
+                       help: &str,
+                       value: &dyn Fn(usize, usize, usize) -> u64| {
+        header(out, name, kind, help);
+        for (u, upstream) in source.plan.upstreams.iter().enumerate() {
+            for (b, backend) in upstream.backends.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\",backend=\"{}\"}} {}",
+                    upstream.name,
+                    backend.id,
+                    value(u, b, backend.stats_slot)
+                );
+            }
         }
-    }
+    };
+    let summed = |slot: usize, pick: &dyn Fn(&shards::stats::BackendStats) -> &Counter| -> u64 {
+        source
+            .shards
+            .iter()
+            .filter_map(|s| s.backend(slot))
+            .map(|c| pick(c).get())
+            .sum()
+    };
+    per_backend(
+        out,
+        "spooky_backend_failures_total",
+        "counter",
+        "Requests to a backend that ended without a complete response (client gone, reset).",
+        &|_, _, slot| summed(slot, &|c| &c.failures),
+    );
+    per_backend(
+        out,
+        "spooky_backend_ejections_total",
+        "counter",
+        "Passive-health ejections of a backend (summed over shards).",
+        &|_, _, slot| summed(slot, &|c| &c.ejections),
+    );
+    per_backend(
+        out,
+        "spooky_backend_h2_connections",
+        "gauge",
+        "Open HTTP/2 connections to a backend (summed over shards).",
+        &|_, _, slot| summed(slot, &|c| &c.h2_connections),
+    );
+    per_backend(
+        out,
+        "spooky_backend_healthy",
+        "gauge",
+        "1 when active health checks let the backend receive traffic.",
+        &|u, b, _| {
+            u64::from(
+                source
+                    .healthy
+                    .get(u)
+                    .and_then(|h| h.get(b))
+                    .copied()
+                    .unwrap_or(true),
+            )
+        },
+    );
 }
 
 fn duration_histogram(out: &mut String, shards: &[Arc<ShardStats>]) {
     let name = "spooky_request_duration_seconds";
-    header(out, name, "histogram", "Time from request headers received to response complete.");
+    header(
+        out,
+        name,
+        "histogram",
+        "Time from request headers received to response complete.",
+    );
     let mut cumulative = 0u64;
     for (i, bound) in DURATION_BUCKETS_US.iter().enumerate() {
-        cumulative += shards.iter().map(|s| s.request_duration.buckets[i].get()).sum::<u64>();
-        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *bound as f64 / 1e6);
+        cumulative += shards
+            .iter()
+            .map(|s| s.request_duration.buckets[i].get())
+            .sum::<u64>();
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
     }
     cumulative += shards
         .iter()
@@ -149,13 +342,28 @@ fn duration_histogram(out: &mut String, shards: &[Arc<ShardStats>]) {
 }
 
 fn process_metrics(out: &mut String, config_generation: u64) {
-    header(out, "spooky_config_generation", "gauge", "Configuration generation: 1 at start, +1 per applied reload.");
+    header(
+        out,
+        "spooky_config_generation",
+        "gauge",
+        "Configuration generation: 1 at start, +1 per applied reload.",
+    );
     let _ = writeln!(out, "spooky_config_generation {config_generation}");
     let process = crate::procfs::ProcessFigures::read();
-    header(out, "process_resident_memory_bytes", "gauge", "Resident set size.");
+    header(
+        out,
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident set size.",
+    );
     let _ = writeln!(out, "process_resident_memory_bytes {}", process.rss_bytes);
     header(out, "process_open_fds", "gauge", "Open file descriptors.");
     let _ = writeln!(out, "process_open_fds {}", process.open_fds);
-    header(out, "process_cpu_seconds_total", "counter", "User and system CPU time.");
+    header(
+        out,
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time.",
+    );
     let _ = writeln!(out, "process_cpu_seconds_total {}", process.cpu_seconds);
 }

@@ -28,9 +28,15 @@ pub struct ProxySettings {
 
 #[derive(Debug)]
 pub enum StartError {
-    Bind { address: SocketAddr, source: io::Error },
+    Bind {
+        address: SocketAddr,
+        source: io::Error,
+    },
     Tls(shards::ShardError),
-    Shard { index: usize, source: shards::ShardError },
+    Shard {
+        index: usize,
+        source: shards::ShardError,
+    },
     Random,
     TooManyBackends,
     HealthChecker(io::Error),
@@ -83,9 +89,9 @@ impl RunningProxy {
         shards::shard::quic_config(&settings.plan).map_err(StartError::Tls)?;
         let sockets = shards::socket::bind_reuseport_group(settings.listen, settings.cores.len())
             .map_err(|source| StartError::Bind {
-                address: settings.listen,
-                source,
-            })?;
+            address: settings.listen,
+            source,
+        })?;
         let local_addr = sockets[0].local_addr().map_err(|source| StartError::Bind {
             address: settings.listen,
             source,

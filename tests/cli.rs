@@ -32,18 +32,28 @@ fn check_accepts_a_valid_file() {
     let dir = common::scratch_dir("cli-valid");
     let path = write_config(&dir, VALID_POOL);
     let out = spooky(&["--config", path.to_str().unwrap(), "--check"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
 
 #[test]
 fn check_rejects_an_unknown_key_naming_its_path() {
     let dir = common::scratch_dir("cli-unknown");
-    let path = write_config(&dir, &VALID_POOL.replace("id = \"web-1\"", "id = \"web-1\"\nwieght = 3"));
+    let path = write_config(
+        &dir,
+        &VALID_POOL.replace("id = \"web-1\"", "id = \"web-1\"\nwieght = 3"),
+    );
     let out = spooky(&["--config", path.to_str().unwrap(), "--check"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("upstream.web.backends[0].wieght"), "{stderr}");
+    assert!(
+        stderr.contains("upstream.web.backends[0].wieght"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -53,7 +63,10 @@ fn running_with_a_bad_file_exits_non_zero_without_serving() {
     let out = spooky(&["--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("upstream.web.backends[0].address"), "{stderr}");
+    assert!(
+        stderr.contains("upstream.web.backends[0].address"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use crate::outlier::Outliers;
-use crate::plan::{Balancing, BackendPlan};
+use crate::plan::{BackendPlan, Balancing};
 
 /// Index of a backend within its upstream.
 pub type BackendIndex = usize;
@@ -76,10 +76,7 @@ impl Balancer {
     fn pick_round_robin(&mut self, eligible: &[bool]) -> Option<BackendIndex> {
         let mut total = 0i64;
         let mut best: Option<BackendIndex> = None;
-        for i in 0..self.weights.len() {
-            if !eligible[i] {
-                continue;
-            }
+        for (i, _) in eligible.iter().enumerate().filter(|(_, ok)| **ok) {
             let weight = i64::from(self.weights[i]);
             self.current[i] += weight;
             total += weight;
@@ -199,13 +196,17 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(b.pick_excluding(now, &[0]), Some(1));
         }
-        b.outliers.record_failure(0, crate::outlier::Failure::Connect, now);
+        b.outliers
+            .record_failure(0, crate::outlier::Failure::Connect, now);
         for _ in 0..10 {
             assert_eq!(b.pick_excluding(now, &[]), Some(1));
         }
-        b.outliers.record_failure(1, crate::outlier::Failure::Connect, now);
+        b.outliers
+            .record_failure(1, crate::outlier::Failure::Connect, now);
         // Both ejected: panic mode spreads traffic over the healthy set again.
-        let picks: Vec<_> = (0..4).map(|_| b.pick_excluding(now, &[]).unwrap()).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| b.pick_excluding(now, &[]).unwrap())
+            .collect();
         assert!(picks.contains(&0) && picks.contains(&1));
     }
 }

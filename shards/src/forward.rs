@@ -17,9 +17,11 @@ use futures_lite::future;
 use h2::client::ResponseFuture;
 use h2::{Reason, SendStream};
 
-use crate::connections::{StreamKey, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_REQUEST_CANCELLED};
-use crate::headers::{translate_request_trailers, translate_response, translate_trailers, RequestHead};
 use crate::balancer::BackendIndex;
+use crate::connections::{StreamKey, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_REQUEST_CANCELLED};
+use crate::headers::{
+    translate_request_trailers, translate_response, translate_trailers, RequestHead,
+};
 use crate::outlier::Failure;
 use crate::router::UpstreamIndex;
 use crate::shard::Shard;
@@ -34,7 +36,7 @@ pub enum Job {
     /// Answer locally (malformed request, no route).
     Reply { status: u16, message: String },
     Proxy {
-        head: RequestHead,
+        head: Box<RequestHead>,
         /// The configuration the request started under.
         upstreams: Rc<Upstreams>,
         upstream: UpstreamIndex,
@@ -68,7 +70,7 @@ pub async fn serve(shard: Rc<Shard>, key: StreamKey, job: Job) {
                 upstreams,
                 upstream,
                 has_body,
-            } => proxy(&shard, key, head, &upstreams, upstream, has_body).await,
+            } => proxy(&shard, key, *head, &upstreams, upstream, has_body).await,
         }
     };
     let gone = async {
@@ -99,8 +101,14 @@ async fn reply(
     let body = format!("{message}\n");
     let mut fields = vec![
         (b":status".to_vec(), status.to_string().into_bytes()),
-        (b"content-type".to_vec(), b"text/plain; charset=utf-8".to_vec()),
-        (b"content-length".to_vec(), body.len().to_string().into_bytes()),
+        (
+            b"content-type".to_vec(),
+            b"text/plain; charset=utf-8".to_vec(),
+        ),
+        (
+            b"content-length".to_vec(),
+            body.len().to_string().into_bytes(),
+        ),
     ];
     fields.extend(
         extra
@@ -132,18 +140,41 @@ async fn proxy(
     let body_started = Cell::new(false);
     let mut tried: Vec<BackendIndex> = Vec::new();
     loop {
-        let picked = upstream
-            .balancer
-            .borrow_mut()
-            .pick_excluding(Instant::now(), &tried);
+        // Prefer a backend not tried yet; with none left, the same one may take the retry (a
+        // refused stream on a busy backend often succeeds on a second try).
+        let picked = {
+            let mut balancer = upstream.balancer.borrow_mut();
+            let now = Instant::now();
+            balancer.pick_excluding(now, &tried).or_else(|| {
+                (!tried.is_empty())
+                    .then(|| balancer.pick_excluding(now, &[]))
+                    .flatten()
+            })
+        };
         let Some(backend) = picked else {
             if tried.is_empty() {
-                return reply(shard, key, 503, "no healthy backend", &[("retry-after", "1")]).await;
+                return reply(
+                    shard,
+                    key,
+                    503,
+                    "no healthy backend",
+                    &[("retry-after", "1")],
+                )
+                .await;
             }
             return reply(shard, key, 502, "backend unreachable", &[]).await;
         };
         tried.push(backend);
-        let attempt = attempt(shard, key, &head, upstream, backend, has_body, &body_started).await;
+        let attempt = attempt(
+            shard,
+            key,
+            &head,
+            upstream,
+            backend,
+            has_body,
+            &body_started,
+        )
+        .await;
         let slot = upstream.plan.backends[backend].stats_slot;
         let counters = shard.stats.backend(slot);
         let failure = match attempt {
@@ -202,7 +233,10 @@ fn record(shard: &Shard, upstream: &Upstream, backend: BackendIndex, failure: Op
             "shard ejected backend {id} of upstream {} for {backoff:?} after {failure:?}",
             upstream.plan.name
         );
-        if let Some(counters) = shard.stats.backend(upstream.plan.backends[backend].stats_slot) {
+        if let Some(counters) = shard
+            .stats
+            .backend(upstream.plan.backends[backend].stats_slot)
+        {
             counters.ejections.incr();
         }
     }
@@ -355,6 +389,10 @@ async fn relay_body(
                 return Outcome::Reset;
             }
         };
+        // An empty DATA frame (often the one carrying END_STREAM) has nothing to forward.
+        if chunk.is_empty() {
+            continue;
+        }
         if let Err(gone) = shard.write_body(key, &chunk, false).await {
             return gone.into();
         }
@@ -431,10 +469,12 @@ async fn upload_body(
                     return Err(malformed_body(shard, key, &mut send));
                 }
                 let trailers = trailers
-                    .map(|t| translate_request_trailers(t.iter().map(|h| {
-                        use quiche::h3::NameValue;
-                        (h.name(), h.value())
-                    })))
+                    .map(|t| {
+                        translate_request_trailers(t.iter().map(|h| {
+                            use quiche::h3::NameValue;
+                            (h.name(), h.value())
+                        }))
+                    })
                     .transpose();
                 let result = match trailers {
                     Ok(Some(map)) => send.send_trailers(map),

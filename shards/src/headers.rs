@@ -157,8 +157,7 @@ pub fn translate_request<'a>(
             _ => {}
         }
         let header_name = HeaderName::from_bytes(name).map_err(|_| Malformed::InvalidName)?;
-        let header_value =
-            HeaderValue::from_bytes(value).map_err(|_| Malformed::InvalidValue)?;
+        let header_value = HeaderValue::from_bytes(value).map_err(|_| Malformed::InvalidValue)?;
         headers.append(header_name, header_value);
     }
 
@@ -290,8 +289,7 @@ pub fn translate_request_trailers<'a>(
             return Err(Malformed::ConnectionSpecific);
         }
         let header_name = HeaderName::from_bytes(name).map_err(|_| Malformed::InvalidName)?;
-        let header_value =
-            HeaderValue::from_bytes(value).map_err(|_| Malformed::InvalidValue)?;
+        let header_value = HeaderValue::from_bytes(value).map_err(|_| Malformed::InvalidValue)?;
         map.append(header_name, header_value);
     }
     Ok(map)
@@ -351,7 +349,11 @@ mod tests {
     #[test]
     fn missing_pseudo_headers_are_malformed() {
         for missing in [":method", ":scheme", ":path"] {
-            let fields: Vec<_> = BASE.iter().filter(|(n, _)| *n != missing).copied().collect();
+            let fields: Vec<_> = BASE
+                .iter()
+                .filter(|(n, _)| *n != missing)
+                .copied()
+                .collect();
             assert_eq!(
                 request(&fields).unwrap_err(),
                 Malformed::MissingPseudoHeader(missing)
@@ -387,7 +389,10 @@ mod tests {
         );
         let mut unknown: Vec<_> = BASE.to_vec();
         unknown.insert(0, (":protocol", "websocket"));
-        assert_eq!(request(&unknown).unwrap_err(), Malformed::UnknownPseudoHeader);
+        assert_eq!(
+            request(&unknown).unwrap_err(),
+            Malformed::UnknownPseudoHeader
+        );
     }
 
     #[test]
@@ -450,7 +455,10 @@ mod tests {
     #[test]
     fn connect_is_refused() {
         let fields = [(":method", "CONNECT"), (":authority", "example.com:443")];
-        assert_eq!(request(&fields).unwrap_err(), Malformed::ConnectNotSupported);
+        assert_eq!(
+            request(&fields).unwrap_err(),
+            Malformed::ConnectNotSupported
+        );
     }
 
     #[test]

@@ -62,7 +62,12 @@ impl Outliers {
     }
 
     /// Records a failure; returns the ejection's length when this failure ejects the backend.
-    pub fn record_failure(&mut self, backend: usize, failure: Failure, now: Instant) -> Option<Duration> {
+    pub fn record_failure(
+        &mut self,
+        backend: usize,
+        failure: Failure,
+        now: Instant,
+    ) -> Option<Duration> {
         let b = self.backends.get_mut(backend)?;
         if b.ejected_until.is_some_and(|until| now < until) {
             return None;
@@ -75,7 +80,9 @@ impl Outliers {
         if b.consecutive_failures < threshold {
             return None;
         }
-        if b.last_ejected.is_some_and(|t| now.duration_since(t) > FORGET_AFTER) {
+        if b.last_ejected
+            .is_some_and(|t| now.duration_since(t) > FORGET_AFTER)
+        {
             b.repeats = 0;
         }
         let backoff = FIRST_BACKOFF
@@ -98,16 +105,28 @@ mod tests {
     fn connect_failure_ejects_at_once_with_growing_backoff() {
         let mut o = Outliers::new(1);
         let t0 = Instant::now();
-        assert_eq!(o.record_failure(0, Failure::Connect, t0), Some(Duration::from_secs(1)));
+        assert_eq!(
+            o.record_failure(0, Failure::Connect, t0),
+            Some(Duration::from_secs(1))
+        );
         assert!(o.is_ejected(0, t0));
         assert!(!o.is_ejected(0, t0 + Duration::from_secs(1)));
         let t1 = t0 + Duration::from_secs(2);
-        assert_eq!(o.record_failure(0, Failure::Connect, t1), Some(Duration::from_secs(2)));
+        assert_eq!(
+            o.record_failure(0, Failure::Connect, t1),
+            Some(Duration::from_secs(2))
+        );
         let t2 = t1 + Duration::from_secs(3);
-        assert_eq!(o.record_failure(0, Failure::Connect, t2), Some(Duration::from_secs(4)));
+        assert_eq!(
+            o.record_failure(0, Failure::Connect, t2),
+            Some(Duration::from_secs(4))
+        );
         // A long quiet period resets the backoff.
         let t3 = t2 + Duration::from_secs(120);
-        assert_eq!(o.record_failure(0, Failure::Connect, t3), Some(Duration::from_secs(1)));
+        assert_eq!(
+            o.record_failure(0, Failure::Connect, t3),
+            Some(Duration::from_secs(1))
+        );
     }
 
     #[test]

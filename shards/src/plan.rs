@@ -160,7 +160,11 @@ impl ProxyPlan {
             }
         }
         let mut free = (0..MAX_BACKENDS).filter(|slot| !used[*slot]);
-        let total = self.upstreams.iter().map(|u| u.backends.len()).sum::<usize>();
+        let total = self
+            .upstreams
+            .iter()
+            .map(|u| u.backends.len())
+            .sum::<usize>();
         for (u, b) in pending {
             let slot = free.next().ok_or(total)?;
             self.upstreams[u].backends[b].stats_slot = slot;

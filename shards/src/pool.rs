@@ -101,7 +101,12 @@ impl BackendPool {
     }
 
     /// Whether this pool can serve a backend with these settings unchanged.
-    pub fn serves(&self, address: SocketAddr, stats_slot: usize, connect_timeout: Duration) -> bool {
+    pub fn serves(
+        &self,
+        address: SocketAddr,
+        stats_slot: usize,
+        connect_timeout: Duration,
+    ) -> bool {
         self.address == address
             && self.stats_slot == stats_slot
             && self.connect_timeout == connect_timeout
@@ -190,13 +195,14 @@ impl BackendPool {
         stream
             .set_nodelay(true)
             .map_err(|_| ConnectError::Refused)?;
-        let (sender, connection) = h2::client::Builder::new()
+        let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_concurrent_reset_streams(1024)
             .handshake::<_, Bytes>(stream.compat())
             .await
             .map_err(|_| ConnectError::Handshake)?;
+        let ping_pong = connection.ping_pong();
         let closed = Rc::new(Cell::new(false));
         let closed_by_driver = closed.clone();
         let address = self.address;
@@ -215,6 +221,15 @@ impl BackendPool {
             }
         })
         .detach();
+        // One PING round trip: the backend sends its SETTINGS before answering, so afterwards
+        // its SETTINGS_MAX_CONCURRENT_STREAMS is known and the pool never overfills the
+        // connection (which the backend would answer with REFUSED_STREAM).
+        if let Some(mut ping_pong) = ping_pong {
+            ping_pong
+                .ping(h2::Ping::opaque())
+                .await
+                .map_err(|_| ConnectError::Handshake)?;
+        }
         Ok(Rc::new(PooledConnection {
             sender,
             in_flight: Cell::new(0),

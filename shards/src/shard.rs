@@ -20,7 +20,9 @@ use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::cid::{CidMinter, ServerCid};
-use crate::connections::{Connection, Connections, Destination, StreamKey, StreamSlot, MAX_DATAGRAM};
+use crate::connections::{
+    Connection, Connections, Destination, StreamKey, StreamSlot, MAX_DATAGRAM,
+};
 use crate::control::ControlMsg;
 use crate::forward::{self, Job};
 use crate::headers::{translate_request, ClientInfo};
@@ -197,7 +199,11 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
 
     glommio::spawn_local(flusher(shard.clone())).detach();
     glommio::spawn_local(timers(shard.clone())).detach();
-    let outcome = future::or(receive_loop(shard.clone(), wait_socket), control_loop(shard.clone(), control)).await;
+    let outcome = future::or(
+        receive_loop(shard.clone(), wait_socket),
+        control_loop(shard.clone(), control),
+    )
+    .await;
     stats.running.set(0);
     log::info!("shard {index} stopped");
     outcome
@@ -303,7 +309,12 @@ async fn control_loop(shard: Rc<Shard>, control: Receiver<ControlMsg>) -> Result
 }
 
 impl Shard {
-    fn on_datagram(self: &Rc<Self>, conns: &mut Connections, datagram: &mut [u8], from: std::net::SocketAddr) {
+    fn on_datagram(
+        self: &Rc<Self>,
+        conns: &mut Connections,
+        datagram: &mut [u8],
+        from: std::net::SocketAddr,
+    ) {
         if let Destination::Connection(cid) = conns.receive(datagram, from) {
             self.process_events(conns, cid);
         }
@@ -330,10 +341,12 @@ impl Shard {
                         None => self.start_request(conn, cid, stream_id, list, more_frames),
                     }
                 }
-                Ok((stream_id, quiche::h3::Event::Data)) => match conn.streams.get_mut(&stream_id) {
-                    Some(slot) => slot.wake(),
-                    None => self.discard_body(conn, stream_id),
-                },
+                Ok((stream_id, quiche::h3::Event::Data)) => {
+                    match conn.streams.get_mut(&stream_id) {
+                        Some(slot) => slot.wake(),
+                        None => self.discard_body(conn, stream_id),
+                    }
+                }
                 Ok((stream_id, quiche::h3::Event::Finished)) => {
                     if let Some(slot) = conn.streams.get_mut(&stream_id) {
                         slot.request_fin = true;
@@ -353,7 +366,9 @@ impl Shard {
                     // quiche has usually closed the connection with the precise code already;
                     // this only covers errors it leaves to the application.
                     if !conn.quic.is_closed() && !conn.quic.is_draining() {
-                        let _ = conn.quic.close(true, crate::connections::H3_INTERNAL_ERROR, b"");
+                        let _ = conn
+                            .quic
+                            .close(true, crate::connections::H3_INTERNAL_ERROR, b"");
                     }
                     conns.mark_dirty(cid);
                     return;
@@ -372,11 +387,18 @@ impl Shard {
     ) {
         use quiche::h3::NameValue;
         conn.next_request_stream = conn.next_request_stream.max(stream_id + 4);
-        if conn.goaway_from.is_some_and(|first_refused| stream_id >= first_refused) {
+        if conn
+            .goaway_from
+            .is_some_and(|first_refused| stream_id >= first_refused)
+        {
             // Sent after our GOAWAY: never processed, so the client may safely retry it elsewhere.
             let code = crate::connections::H3_REQUEST_REJECTED;
-            let _ = conn.quic.stream_shutdown(stream_id, quiche::Shutdown::Read, code);
-            let _ = conn.quic.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+            let _ = conn
+                .quic
+                .stream_shutdown(stream_id, quiche::Shutdown::Read, code);
+            let _ = conn
+                .quic
+                .stream_shutdown(stream_id, quiche::Shutdown::Write, code);
             return;
         }
         self.stats.requests.incr();
@@ -393,9 +415,7 @@ impl Shard {
                 ..StreamSlot::default()
             },
         );
-        let client = ClientInfo {
-            ip: conn.peer.ip(),
-        };
+        let client = ClientInfo { ip: conn.peer.ip() };
         let job = match translate_request(fields.iter().map(|h| (h.name(), h.value())), client) {
             Err(malformed) => {
                 self.stats.malformed_requests.incr();
@@ -413,7 +433,7 @@ impl Shard {
                         message: "no route for this path".into(),
                     },
                     Some(upstream) => Job::Proxy {
-                        head,
+                        head: Box::new(head),
                         upstreams,
                         upstream,
                         has_body: more_frames,
@@ -447,7 +467,10 @@ impl Shard {
             Err(e) => {
                 // The coordinator validated the files a moment ago; keep serving with the old
                 // certificate rather than fail new handshakes.
-                log::error!("shard {}: reload kept the old TLS settings: {e}", self.index);
+                log::error!(
+                    "shard {}: reload kept the old TLS settings: {e}",
+                    self.index
+                );
             }
         }
         let previous = self.upstreams.borrow().clone();

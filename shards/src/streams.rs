@@ -105,12 +105,16 @@ impl Shard {
     }
 
     /// Writes all of `data` to the response body, waiting for flow-control credit as needed.
+    /// Writing nothing without `fin` is a no-op (quiche would refuse it).
     pub async fn write_body(
         &self,
         key: StreamKey,
         data: &[u8],
         fin: bool,
     ) -> Result<(), StreamGone> {
+        if data.is_empty() && !fin {
+            return Ok(());
+        }
         let mut written = 0;
         poll_fn(|cx| {
             let attempt = self.with_stream(key, |quic, h3, slot| loop {
@@ -141,7 +145,11 @@ impl Shard {
     }
 
     /// Reads request body bytes into `buf`, waiting for the client when none are buffered.
-    pub async fn read_body(self: &Rc<Self>, key: StreamKey, buf: &mut [u8]) -> Result<BodyRead, StreamGone> {
+    pub async fn read_body(
+        self: &Rc<Self>,
+        key: StreamKey,
+        buf: &mut [u8],
+    ) -> Result<BodyRead, StreamGone> {
         poll_fn(|cx| {
             let mut conns = self.conns.borrow_mut();
             let read = {
@@ -221,9 +229,11 @@ impl Shard {
         if let Ok(conn) = find(&mut conns.table, key) {
             if let Some(slot) = conn.streams.remove(&key.stream_id) {
                 if !slot.request_fin {
-                    let _ =
-                        conn.quic
-                            .stream_shutdown(key.stream_id, quiche::Shutdown::Read, H3_NO_ERROR);
+                    let _ = conn.quic.stream_shutdown(
+                        key.stream_id,
+                        quiche::Shutdown::Read,
+                        H3_NO_ERROR,
+                    );
                 }
             }
             conns.mark_dirty(key.cid);

@@ -105,7 +105,9 @@ fn seed(shard_index: usize, upstream_index: usize) -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    nanos ^ ((shard_index as u64) << 32) ^ (upstream_index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    nanos
+        ^ ((shard_index as u64) << 32)
+        ^ (upstream_index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Limits retries to a share of requests, per shard and upstream: each request earns `ratio` of

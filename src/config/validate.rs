@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use log::LevelFilter;
 use shards::plan::{
-    BackendPlan, Balancing, HealthCheckPlan, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET, ProxyPlan, QuicSettings, RoutePlan, TlsFiles, UpstreamPlan,
-    UpstreamTimeouts,
+    BackendPlan, Balancing, HealthCheckPlan, ProxyPlan, QuicSettings, RoutePlan, TlsFiles,
+    UpstreamPlan, UpstreamTimeouts, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
 };
 
 use super::error::Problem;
@@ -266,7 +266,11 @@ const DEFAULT_HEALTH_TIMEOUT_MS: i64 = 2_000;
 const DEFAULT_FAILURE_THRESHOLD: i64 = 3;
 const DEFAULT_SUCCESS_THRESHOLD: i64 = 2;
 
-fn check_health_check(p: &mut Problems, key: &str, raw: &RawHealthCheck) -> Option<HealthCheckPlan> {
+fn check_health_check(
+    p: &mut Problems,
+    key: &str,
+    raw: &RawHealthCheck,
+) -> Option<HealthCheckPlan> {
     if !raw.path.starts_with('/') {
         p.push(
             format!("{key}.path"),
@@ -274,12 +278,46 @@ fn check_health_check(p: &mut Problems, key: &str, raw: &RawHealthCheck) -> Opti
         );
     }
     let mut field = |name: &str, value: Option<Int>, default: i64, lo: i64, hi: i64, unit: &str| {
-        p.in_range(&format!("{key}.{name}"), value.map_or(default, |v| v.0), lo, hi, unit)
+        p.in_range(
+            &format!("{key}.{name}"),
+            value.map_or(default, |v| v.0),
+            lo,
+            hi,
+            unit,
+        )
     };
-    let interval = field("interval", raw.interval, DEFAULT_HEALTH_INTERVAL_MS, 10, 3_600_000, " ms");
-    let timeout = field("timeout_ms", raw.timeout_ms, DEFAULT_HEALTH_TIMEOUT_MS, 1, 600_000, " ms");
-    let failures = field("failure_threshold", raw.failure_threshold, DEFAULT_FAILURE_THRESHOLD, 1, 1000, "");
-    let successes = field("success_threshold", raw.success_threshold, DEFAULT_SUCCESS_THRESHOLD, 1, 1000, "");
+    let interval = field(
+        "interval",
+        raw.interval,
+        DEFAULT_HEALTH_INTERVAL_MS,
+        10,
+        3_600_000,
+        " ms",
+    );
+    let timeout = field(
+        "timeout_ms",
+        raw.timeout_ms,
+        DEFAULT_HEALTH_TIMEOUT_MS,
+        1,
+        600_000,
+        " ms",
+    );
+    let failures = field(
+        "failure_threshold",
+        raw.failure_threshold,
+        DEFAULT_FAILURE_THRESHOLD,
+        1,
+        1000,
+        "",
+    );
+    let successes = field(
+        "success_threshold",
+        raw.success_threshold,
+        DEFAULT_SUCCESS_THRESHOLD,
+        1,
+        1000,
+        "",
+    );
     if let (Some(interval), Some(timeout)) = (interval, timeout) {
         if timeout > interval {
             p.push(
@@ -635,7 +673,9 @@ fn check_upstreams(p: &mut Problems, upstreams: &[(String, RawUpstream)]) -> Vec
                 Some(raw) => check_health_check(p, &format!("{bkey}.health_check"), raw).map(Some),
             };
 
-            if let (Some(address), Some(weight), Some(health_check)) = (address, weight, health_check) {
+            if let (Some(address), Some(weight), Some(health_check)) =
+                (address, weight, health_check)
+            {
                 backends.push(BackendPlan {
                     id: b.id.clone(),
                     address,

@@ -64,7 +64,10 @@ impl Proxy {
             plan: config.plan(),
         })
         .expect("start proxy");
-        assert!(running.wait_ready(Duration::from_secs(10)), "shards did not start");
+        assert!(
+            running.wait_ready(Duration::from_secs(10)),
+            "shards did not start"
+        );
         Proxy {
             running,
             certs,
@@ -74,7 +77,10 @@ impl Proxy {
 
     /// One upstream at `/` with the given backends, one shard.
     pub fn single_pool(label: &str, backends: &[&BackendHandle], extra: &str) -> Proxy {
-        Proxy::start(label, &format!("{}\n{extra}", pool("main", "/", backends, "")))
+        Proxy::start(
+            label,
+            &format!("{}\n{extra}", pool("main", "/", backends, "")),
+        )
     }
 
     pub fn client(&self) -> H3Client {
@@ -93,9 +99,8 @@ impl Proxy {
 
 /// TOML for one upstream pool.
 pub fn pool(name: &str, prefix: &str, backends: &[&BackendHandle], settings: &str) -> String {
-    let mut text = format!(
-        "[upstream.{name}]\nroute = {{ path_prefix = \"{prefix}\" }}\n{settings}\n"
-    );
+    let mut text =
+        format!("[upstream.{name}]\nroute = {{ path_prefix = \"{prefix}\" }}\n{settings}\n");
     for backend in backends {
         text.push_str(&format!(
             "[[upstream.{name}.backends]]\nid = \"{name}-{}\"\naddress = \"{}\"\n",
