@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 port="${SPOOKY_DEMO_PORT:-8443}"
-cargo build --release --bin spooky --bin spooky-bench
+cargo build --release -p spooky -p spooky-bench
 
 log=$(mktemp)
 target/release/spooky --demo --port "$port" >"$log" 2>&1 &
