@@ -50,6 +50,8 @@ pub struct BackendOptions {
 
 #[derive(Default, Debug)]
 struct Counters {
+    /// 1 while `/health` answers 200; tests flip it to fail health checks.
+    unhealthy: AtomicU64,
     connections_accepted: AtomicU64,
     requests: AtomicU64,
     requests_completed: AtomicU64,
@@ -90,6 +92,13 @@ impl BackendHandle {
             streams_reset_by_peer: c.streams_reset_by_peer.load(Ordering::SeqCst),
             in_flight: c.in_flight.load(Ordering::SeqCst),
         }
+    }
+
+    /// Makes `/health` answer 200 (healthy) or 503.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.counters
+            .unhealthy
+            .store(u64::from(!healthy), Ordering::SeqCst);
     }
 
     /// Requests received whose path starts with `prefix`.
@@ -312,7 +321,12 @@ async fn handle(
             send.send_data(Bytes::from(text), true)
         }
         ("health", None) => {
-            let mut send = respond.send_response(response(200, context), false)?;
+            let status = if context.counters.unhealthy.load(Ordering::SeqCst) == 1 {
+                503
+            } else {
+                200
+            };
+            let mut send = respond.send_response(response(status, context), false)?;
             send.send_data(Bytes::from_static(b"ok"), true)
         }
         _ => {

@@ -196,7 +196,10 @@ async fn proxy(
             Attempt::Failed(failure) => failure,
         };
         record(shard, upstream, backend, Some(failure.kind()));
-        let retryable = failure.replayable()
+        // Idempotent requests without a body may also be replayed after a backend broke before
+        // answering (RFC 9110 §9.2.2): a repeat has the same effect as one request.
+        let idempotent = !has_body && is_idempotent(&head.method);
+        let retryable = (failure.replayable() || (idempotent && failure == AttemptFailure::Broken))
             && !body_started.get()
             && tried.len() <= upstream.plan.retries as usize
             && upstream.retry_budget.try_spend();
@@ -215,6 +218,14 @@ async fn proxy(
         }
         return reply(shard, key, status, message, &[]).await;
     }
+}
+
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// Feeds one request's result to the shard's outlier detection for that backend.

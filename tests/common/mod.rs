@@ -137,3 +137,165 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 pub fn path_exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// One sample of Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses Prometheus text format 0.0.4 strictly: HELP/TYPE comments, metric and label name
+/// syntax, quoted label values with escapes, numeric values, and every family's samples
+/// contiguous and after its TYPE line.
+pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
+    fn valid_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    let mut samples = Vec::new();
+    let mut types: std::collections::HashMap<String, String> = Default::default();
+    let mut finished_families: std::collections::HashSet<String> = Default::default();
+    let mut current: Option<String> = None;
+    for (number, line) in text.lines().enumerate() {
+        let at = |m: &str| format!("line {}: {m}: {line:?}", number + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut parts = comment.splitn(3, ' ');
+            let keyword = parts.next().unwrap_or("");
+            let name = parts.next().ok_or_else(|| at("comment without name"))?;
+            if !valid_name(name) {
+                return Err(at("bad metric name"));
+            }
+            if keyword == "TYPE" {
+                let kind = parts.next().ok_or_else(|| at("TYPE without type"))?;
+                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                    return Err(at("unknown type"));
+                }
+                if types.insert(name.to_string(), kind.to_string()).is_some() {
+                    return Err(at("second TYPE for a family"));
+                }
+                if let Some(previous) = current.replace(name.to_string()) {
+                    finished_families.insert(previous);
+                }
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or_else(|| at("no value"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().map_err(|_| at("bad value"))?,
+        };
+        let (name, labels) = match series.find('{') {
+            None => (series.to_string(), Vec::new()),
+            Some(open) => {
+                let body = series[open + 1..]
+                    .strip_suffix('}')
+                    .ok_or_else(|| at("unclosed labels"))?;
+                let mut labels = Vec::new();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (label, after) = rest.split_once("=\"").ok_or_else(|| at("bad label"))?;
+                    if !valid_name(label) {
+                        return Err(at("bad label name"));
+                    }
+                    let mut value = String::new();
+                    let mut chars = after.char_indices();
+                    let mut end = None;
+                    while let Some((i, c)) = chars.next() {
+                        match c {
+                            '\\' => match chars.next() {
+                                Some((_, 'n')) => value.push('\n'),
+                                Some((_, c @ ('\\' | '"'))) => value.push(c),
+                                _ => return Err(at("bad escape")),
+                            },
+                            '"' => {
+                                end = Some(i);
+                                break;
+                            }
+                            c => value.push(c),
+                        }
+                    }
+                    let end = end.ok_or_else(|| at("unterminated label value"))?;
+                    labels.push((label.to_string(), value));
+                    rest = after[end + 1..]
+                        .strip_prefix(',')
+                        .unwrap_or(&after[end + 1..]);
+                }
+                (series[..open].to_string(), labels)
+            }
+        };
+        if !valid_name(&name) {
+            return Err(at("bad metric name"));
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| types.get(*base).map(String::as_str) == Some("histogram"))
+            })
+            .unwrap_or(&name)
+            .to_string();
+        if current.as_deref() != Some(family.as_str()) || finished_families.contains(&family) {
+            return Err(at("sample outside its family's block"));
+        }
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    Ok(samples)
+}
+
+/// A minimal HTTP/1.1 GET for the admin endpoint: returns status and body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: admin\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A port that was free a moment ago (the caller binds it right away).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,392 @@
+//! Operating Spooky: metrics, health endpoints, reload, graceful stop, and several processes on
+//! one port. Process-level tests run the real `spooky` binary and signal it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    eventually, free_tcp_port, free_udp_port, http_get, parse_prometheus, pool, start_backend,
+    Proxy,
+};
+use spooky::ProxySettings;
+use spooky_bench::client::{ClientOptions, H3Client, Request, Verify};
+
+/// A `spooky` process started from a configuration file.
+struct SpookyProcess {
+    child: Child,
+    listen: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    ca: PathBuf,
+}
+
+impl SpookyProcess {
+    fn start(label: &str, port: u16, body: &str) -> SpookyProcess {
+        let dir = common::scratch_dir(label);
+        let certs = spooky::selfsigned::generate(&dir).unwrap();
+        Self::start_with(dir, certs, port, body)
+    }
+
+    /// Like `start`, with given certificates (processes sharing a port must share them).
+    fn start_with(
+        dir: PathBuf,
+        certs: spooky::selfsigned::GeneratedCerts,
+        port: u16,
+        body: &str,
+    ) -> SpookyProcess {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[listen]\naddress = \"127.0.0.1\"\nport = {port}\ntls = {{ cert = {:?}, key = {:?} }}\n\n\
+                 [admin]\naddress = \"{admin}\"\n\n{body}",
+                certs.cert_chain.display().to_string(),
+                certs.private_key.display().to_string()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("spooky.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_spooky"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start spooky");
+        let process = SpookyProcess {
+            child,
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            config,
+            log,
+            ca: certs.ca,
+        };
+        assert!(
+            eventually(Duration::from_secs(15), || http_get(admin, "/health/live")
+                .is_ok_and(|(status, _)| status == 200)),
+            "spooky did not come up: {}",
+            process.log_text()
+        );
+        process
+    }
+
+    fn client_options(&self, timeout: Duration) -> ClientOptions {
+        ClientOptions {
+            server: self.listen,
+            server_name: "localhost".into(),
+            verify: Verify::Ca(self.ca.clone()),
+            timeout,
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid with a valid signal number.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit code.
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for SpookyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn metrics_parse_and_move_with_traffic_and_readiness_follows_health() {
+    let backend = start_backend("metrics");
+    let proxy = Proxy::single_pool("metrics", &[&backend], "");
+    let admin = proxy
+        .running
+        .start_admin("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let scrape = || {
+        let (status, body) = http_get(admin, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        parse_prometheus(&body).unwrap_or_else(|e| panic!("{e}\n{body}"))
+    };
+    let value = |samples: &[common::Sample], name: &str, labels: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+            .map(|s| s.value)
+            .sum()
+    };
+    let before = scrape();
+    let mut client = proxy.client();
+    for response in client.request_many((0..10).map(|_| Request::get("/bytes/1000")).collect()) {
+        assert_eq!(response.unwrap().status, 200);
+    }
+    let after = scrape();
+    assert_eq!(
+        value(&after, "spooky_requests_total", &[]) - value(&before, "spooky_requests_total", &[]),
+        10.0
+    );
+    let id = format!("main-{}", backend.addr().port());
+    assert_eq!(
+        value(
+            &after,
+            "spooky_backend_responses_total",
+            &[("backend", &id), ("class", "2xx")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        value(&after, "spooky_request_duration_seconds_count", &[]),
+        10.0
+    );
+    assert!(
+        value(&after, "spooky_datagrams_received_total", &[])
+            > value(&before, "spooky_datagrams_received_total", &[])
+    );
+    assert_eq!(value(&after, "spooky_quic_connections_active", &[]), 1.0);
+    assert_eq!(
+        value(&after, "spooky_backend_h2_connections", &[("backend", &id)]),
+        1.0
+    );
+    assert!(value(&after, "process_resident_memory_bytes", &[]) > 0.0);
+    assert_eq!(value(&after, "spooky_config_generation", &[]), 1.0);
+
+    let (status, body) = http_get(admin, "/health/ready").unwrap();
+    assert_eq!(status, 200, "{body}");
+    proxy
+        .running
+        .coordinator()
+        .set_backend_health(1, 0, 0, false);
+    let (status, body) = http_get(admin, "/health/ready").unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("\"upstreams_without_healthy_backend\":[\"main\"]"),
+        "{body}"
+    );
+    assert_eq!(http_get(admin, "/health/live").unwrap().0, 200);
+}
+
+#[test]
+fn reload_under_load_adds_a_backend_and_a_route_without_failing_or_closing_anything() {
+    let old_backend = start_backend("old");
+    let new_backend = start_backend("new");
+    let api_backend = start_backend("api");
+    let dir = common::scratch_dir("reload-config");
+    let mut proxy = Proxy::single_pool("reload", &[&old_backend], "");
+    let options = proxy.client_options();
+    // Load: one connection, continuous batches, counting any failure.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut client = H3Client::connect(options).expect("connect");
+            let mut failures = Vec::new();
+            let mut served = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for response in
+                    client.request_many((0..10).map(|_| Request::get("/bytes/2000")).collect())
+                {
+                    match response {
+                        Ok(r) if r.status == 200 => served += 1,
+                        other => failures.push(format!("{other:?}")),
+                    }
+                }
+            }
+            (served, failures)
+        })
+    };
+    assert!(eventually(Duration::from_secs(10), || old_backend
+        .stats()
+        .requests
+        > 50));
+    let config_text = format!(
+        "[listen]\naddress = \"127.0.0.1\"\nport = 0\ntls = {{ cert = {:?}, key = {:?} }}\n\n{}\n{}",
+        proxy.certs.cert_chain.display().to_string(),
+        proxy.certs.private_key.display().to_string(),
+        pool("main", "/", &[&old_backend, &new_backend], ""),
+        pool("api", "/api", &[&api_backend], "")
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config_text).unwrap();
+    let config = spooky::config::load(&path).unwrap();
+    let accepted_before: u64 = proxy
+        .running
+        .shard_stats()
+        .iter()
+        .map(|s| s.connections_accepted.get())
+        .sum();
+    let needs_restart = proxy
+        .running
+        .reload(ProxySettings {
+            listen: config.listen_addr(),
+            cores: config.cores(),
+            plan: config.plan(),
+        })
+        .unwrap();
+    assert!(needs_restart.is_empty(), "{needs_restart:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || new_backend.stats().requests
+            > 50),
+        "new backend never got traffic"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (served, failures) = load.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failures over {served}: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    let stats = proxy.running.shard_stats();
+    assert_eq!(
+        stats
+            .iter()
+            .map(|s| s.connections_accepted.get())
+            .sum::<u64>(),
+        accepted_before
+    );
+    assert_eq!(
+        stats
+            .iter()
+            .map(|s| s.connections_active.get())
+            .sum::<u64>(),
+        1,
+        "the load's connection stayed open"
+    );
+    // The new route serves new requests.
+    let mut client = proxy.client();
+    let response = client.request(Request::get("/api/x")).unwrap();
+    assert_eq!(response.header("x-backend"), Some("api"));
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_serving_the_old_one() {
+    let backend = start_backend("sighup");
+    let mut process = SpookyProcess::start(
+        "sighup-bad",
+        free_udp_port(),
+        &pool("main", "/", &[&backend], ""),
+    );
+    std::fs::write(&process.config, "this is = not [valid toml").unwrap();
+    process.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), || process
+            .log_text()
+            .contains("reload rejected")),
+        "{}",
+        process.log_text()
+    );
+    assert_eq!(
+        process.wait_exit(Duration::from_millis(100)),
+        None,
+        "process died"
+    );
+    let mut client = H3Client::connect(process.client_options(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        client.request(Request::get("/status/200")).unwrap().status,
+        200
+    );
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight_and_exits_zero() {
+    let backend = start_backend("drain");
+    let mut process = SpookyProcess::start(
+        "drain",
+        free_udp_port(),
+        &format!(
+            "[runtime]\ndrain_timeout_ms = 20000\n\n{}",
+            pool("main", "/", &[&backend], "")
+        ),
+    );
+    let options = process.client_options(Duration::from_secs(30));
+    let requests = std::thread::spawn(move || {
+        let mut client = H3Client::connect(options).expect("connect");
+        client.request_many((0..100).map(|_| Request::get("/delay/1500")).collect())
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || backend.stats().in_flight == 100),
+        "{:?}",
+        backend.stats()
+    );
+    let signalled = Instant::now();
+    process.signal(libc::SIGTERM);
+    // New connections are refused while draining.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(H3Client::connect(process.client_options(Duration::from_millis(500))).is_err());
+    for response in requests.join().unwrap() {
+        let response = response.expect("in-flight request completes");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"ok");
+    }
+    assert_eq!(
+        process.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        process.log_text()
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "exit waited for the drain timeout"
+    );
+}
+
+#[test]
+fn two_processes_share_one_udp_port_and_both_serve() {
+    let port = free_udp_port();
+    let a = start_backend("process-a");
+    let b = start_backend("process-b");
+    let certs_dir = common::scratch_dir("share-certs");
+    let certs = spooky::selfsigned::generate(&certs_dir).unwrap();
+    let config = |cpu: usize, backend| {
+        format!(
+            "[runtime]\ncores = [{cpu}]\n\n{}",
+            pool("main", "/", &[backend], "")
+        )
+    };
+    let first = SpookyProcess::start_with(
+        common::scratch_dir("share-a"),
+        certs.clone(),
+        port,
+        &config(0, &a),
+    );
+    let second =
+        SpookyProcess::start_with(common::scratch_dir("share-b"), certs, port, &config(1, &b));
+    // New connections spread over the reuseport group; 40 client ports leave both idle with
+    // probability 2^-39.
+    for _ in 0..40 {
+        let mut client = H3Client::connect(first.client_options(Duration::from_secs(10))).unwrap();
+        assert_eq!(
+            client.request(Request::get("/status/200")).unwrap().status,
+            200
+        );
+        client.close();
+    }
+    assert!(
+        a.stats().requests > 0 && b.stats().requests > 0,
+        "a={:?} b={:?}",
+        a.stats(),
+        b.stats()
+    );
+    assert_eq!(a.stats().requests + b.stats().requests, 40);
+    drop(second);
+}
