@@ -26,11 +26,7 @@ fn weighted_pool(kind: &str, backends: &[(&BackendHandle, u32)], extra: &str) ->
 
 fn shares_follow_weights(kind: &str) {
     let backends: Vec<BackendHandle> = (0..3).map(|i| start_backend(&format!("w{i}"))).collect();
-    let pool: Vec<(&BackendHandle, u32)> = backends
-        .iter()
-        .zip([1, 2, 3])
-        .map(|(b, w)| (b, w))
-        .collect();
+    let pool: Vec<(&BackendHandle, u32)> = backends.iter().zip([1, 2, 3]).collect();
     let proxy = Proxy::start(&format!("weights-{kind}"), &weighted_pool(kind, &pool, ""));
     let mut client = proxy.client();
     for _ in 0..30 {
