@@ -16,6 +16,8 @@ usage:
   spooky --cores LIST --config FILE
                                 run with one shard per CPU in LIST (e.g. 0-3 or 0,2),
                                 overriding [runtime] in FILE
+  spooky --admin ADDR --config FILE
+                                serve the admin endpoint on ADDR (IP:port), overriding [admin]
   spooky --config FILE --check  validate FILE and exit: 0 when valid, 1 when not
   spooky --demo [--port PORT]   run a demo: self-signed certificates, a built-in backend,
                                 listening on 127.0.0.1:PORT (default 8443)
@@ -26,6 +28,7 @@ enum Command {
         config: PathBuf,
         check_only: bool,
         cores: Option<Vec<usize>>,
+        admin: Option<std::net::SocketAddr>,
     },
     Demo {
         port: u16,
@@ -40,6 +43,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut demo = false;
     let mut port = 8443u16;
     let mut cores = None;
+    let mut admin = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -48,6 +52,14 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                 config = Some(PathBuf::from(value));
             }
             "--check" => check_only = true,
+            "--admin" => {
+                let value = iter.next().ok_or("--admin needs an IP:port address")?;
+                admin = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--admin: {value:?} is not an IP:port address"))?,
+                );
+            }
             "--cores" => {
                 let value = iter.next().ok_or("--cores needs a CPU list such as 0-3")?;
                 cores = Some(spooky::cpulist::parse(value).map_err(|e| format!("--cores: {e}"))?);
@@ -70,6 +82,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             config,
             check_only,
             cores,
+            admin,
         }),
         (None, true) if check_only => Err("--check needs --config".into()),
         (None, true) => Ok(Command::Demo { port }),
@@ -99,7 +112,8 @@ fn main() -> ExitCode {
             config,
             check_only,
             cores,
-        } => run_config(config, check_only, cores),
+            admin,
+        } => run_config(config, check_only, cores, admin),
         Command::Demo { port } => run_demo(port),
     }
 }
@@ -112,7 +126,12 @@ fn init_logging(level: log::LevelFilter) {
         .init();
 }
 
-fn run_config(path: PathBuf, check_only: bool, cores: Option<Vec<usize>>) -> ExitCode {
+fn run_config(
+    path: PathBuf,
+    check_only: bool,
+    cores: Option<Vec<usize>>,
+    admin: Option<std::net::SocketAddr>,
+) -> ExitCode {
     let cores_override = cores.clone();
     let loaded = config::load(&path).and_then(|mut config| {
         if let Some(cores) = cores {
@@ -140,7 +159,7 @@ fn run_config(path: PathBuf, check_only: bool, cores: Option<Vec<usize>>) -> Exi
             plan: config.plan(),
         },
         drain_timeout,
-        config.admin_addr(),
+        admin.or(config.admin_addr()),
         Some(Reloader {
             path,
             cores_override,
