@@ -13,7 +13,9 @@ const USAGE: &str = "\
 usage:
   spooky-bench get URL [--method M] [--data-file FILE] [--header 'name: value']...
                        [--insecure | --ca FILE] [--output FILE] [--include]
-  spooky-bench backend --listen ADDR [--name NAME] [--max-streams N]";
+  spooky-bench backend --listen ADDR [--name NAME] [--max-streams N]
+  spooky-bench idle URL --connections N --hold SECONDS [--insecure | --ca FILE]
+                       open N QUIC connections (handshake only), keep them for SECONDS";
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("get") => get(&args[1..]),
         Some("backend") => run_backend(&args[1..]),
+        Some("idle") => idle(&args[1..]),
         Some("--help" | "-h") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -193,4 +196,56 @@ fn run_backend(args: &[String]) -> Result<(), Failure> {
     loop {
         std::thread::park();
     }
+}
+
+/// Opens many connections and keeps them open: for measuring memory per idle connection.
+fn idle(args: &[String]) -> Result<(), Failure> {
+    let mut iter = args.iter();
+    let mut url = None;
+    let mut connections = 100usize;
+    let mut hold = 10u64;
+    let mut verify = None;
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--connections" => {
+                connections = value(&mut iter, arg)?
+                    .parse()
+                    .map_err(|_| Failure::Usage("--connections needs a number".into()))?
+            }
+            "--hold" => {
+                hold = value(&mut iter, arg)?
+                    .parse()
+                    .map_err(|_| Failure::Usage("--hold needs seconds".into()))?
+            }
+            "--insecure" | "-k" => verify = Some(Verify::Insecure),
+            "--ca" => verify = Some(Verify::Ca(PathBuf::from(value(&mut iter, arg)?))),
+            other if !other.starts_with('-') && url.is_none() => url = Some(arg),
+            other => return Err(Failure::Usage(format!("unknown option {other:?}"))),
+        }
+    }
+    let url = url.ok_or_else(|| Failure::Usage("idle needs a URL".into()))?;
+    let (host, port, _) = parse_url(url)?;
+    let verify = verify.ok_or_else(|| Failure::Usage("give --ca FILE (or --insecure)".into()))?;
+    let server: SocketAddr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| Failure::Run(format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| Failure::Run(format!("{host} has no address")))?;
+    let mut open = Vec::with_capacity(connections);
+    for i in 0..connections {
+        let client = H3Client::connect(ClientOptions {
+            server,
+            server_name: host.clone(),
+            verify: verify.clone(),
+            timeout: Duration::from_secs(hold + 30),
+        })
+        .map_err(|e| Failure::Run(format!("connection {i}: {e}")))?;
+        open.push(client);
+    }
+    println!("{connections} connections open; holding for {hold} s");
+    std::thread::sleep(Duration::from_secs(hold));
+    for client in open {
+        client.close();
+    }
+    Ok(())
 }
