@@ -8,6 +8,10 @@ missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+# The test suite lints the shell scripts; installing shellcheck keeps that check from skipping.
+if [[ "${1:-}" == "--with-test-tools" ]] && ! command -v shellcheck >/dev/null 2>&1; then
+  missing+=(shellcheck)
+fi
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
   missing+=(libclang-dev)
 fi

@@ -4,7 +4,7 @@
 # profile: the tests move 100 MB bodies, and one profile means BoringSSL is built once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --with-test-tools
 
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings

@@ -117,7 +117,11 @@ impl Config {
 
 /// Reads and checks the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    parse(&read(path)?, path)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new(
             path,
             ErrorKind::Read,
@@ -126,8 +130,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
                 format!("cannot read configuration file: {e}"),
             )],
         )
-    })?;
-    parse(&text, path)
+    })
+}
+
+/// Reads the file at `path` for a process whose CPUs come from `spooky --cores` instead of the
+/// file's `[runtime]`: the file's CPU choice is then not checked against this process's affinity
+/// mask (a systemd instance is pinned to its own CPUs), and `cores` is checked instead.
+pub fn load_with_cores(path: &Path, cores: Option<Vec<usize>>) -> Result<Config, ConfigError> {
+    let Some(cores) = cores else {
+        return load(path);
+    };
+    let text = read(path)?;
+    let unchecked = Host { allowed_cpus: None };
+    let mut config = parse_with_host(&text, path, &unchecked)?;
+    config.override_cores(cores)?;
+    Ok(config)
 }
 
 /// Checks configuration `text` as if it had been read from `origin`.

@@ -133,12 +133,7 @@ fn run_config(
     admin: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     let cores_override = cores.clone();
-    let loaded = config::load(&path).and_then(|mut config| {
-        if let Some(cores) = cores {
-            config.override_cores(cores)?;
-        }
-        Ok(config)
-    });
+    let loaded = config::load_with_cores(&path, cores);
     let config = match loaded {
         Ok(config) => config,
         Err(e) => {
@@ -176,12 +171,7 @@ struct Reloader {
 
 impl Reloader {
     fn reload(&self, proxy: &mut RunningProxy) {
-        let loaded = config::load(&self.path).and_then(|mut config| {
-            if let Some(cores) = self.cores_override.clone() {
-                config.override_cores(cores)?;
-            }
-            Ok(config)
-        });
+        let loaded = config::load_with_cores(&self.path, self.cores_override.clone());
         let config = match loaded {
             Ok(config) => config,
             Err(e) => {

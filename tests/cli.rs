@@ -82,3 +82,35 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
 }
+
+#[test]
+fn cores_flag_replaces_the_files_cpus_for_systemd_instances() {
+    let dir = common::scratch_dir("cli-cores");
+    // CPU 1000 exists on no test machine: the file alone is rejected...
+    let path = write_config(&dir, &format!("[runtime]\ncores = [1000]\n\n{VALID_POOL}"));
+    let out = spooky(&["--config", path.to_str().unwrap(), "--check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runtime.cores"));
+    // ...but an instance's --cores list is what counts.
+    let out = spooky(&[
+        "--cores",
+        "0",
+        "--config",
+        path.to_str().unwrap(),
+        "--check",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = spooky(&[
+        "--cores",
+        "1000",
+        "--config",
+        path.to_str().unwrap(),
+        "--check",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cores"));
+}
