@@ -43,7 +43,17 @@ pub struct Config {
     drain_timeout: Duration,
     admin: Option<SocketAddr>,
     log_level: LevelFilter,
+    log_format: LogFormat,
     plan: ProxyPlan,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// env_logger's human-readable lines.
+    Text,
+    /// One JSON object per line: `ts`, `level`, `target`, `msg`.
+    Json,
 }
 
 impl Config {
@@ -71,6 +81,10 @@ impl Config {
 
     pub fn log_level(&self) -> LevelFilter {
         self.log_level
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
     }
 
     /// The plan every shard receives. Certificate paths in it are absolute.

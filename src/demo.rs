@@ -23,6 +23,7 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
     let backend = demo_backend::start("127.0.0.1:0".parse().expect("literal address"))?;
     let cpu = first_allowed_cpu();
     let plan = ProxyPlan {
+        access_log: true,
         tls: TlsFiles {
             cert_chain: certs.cert_chain.clone(),
             private_key: certs.private_key.clone(),

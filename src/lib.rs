@@ -10,6 +10,7 @@ pub mod cpulist;
 pub mod demo;
 mod demo_backend;
 pub mod health;
+pub mod jsonstr;
 pub mod metrics;
 pub mod procfs;
 pub mod runtime;

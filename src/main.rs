@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use spooky::config::LogFormat;
 use spooky::signals::{Signal, SignalSet};
 use spooky::{config, demo, ProxySettings, RunningProxy};
 
@@ -118,12 +119,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: log::LevelFilter) {
+fn init_logging(level: log::LevelFilter, format: LogFormat) {
     // RUST_LOG, when set, overrides the configured level.
-    env_logger::Builder::new()
-        .filter_level(level)
-        .parse_default_env()
-        .init();
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level).parse_default_env();
+    if format == LogFormat::Json {
+        builder.format(|out, record| {
+            use std::io::Write;
+            writeln!(
+                out,
+                "{{\"ts\":\"{}\",\"level\":\"{}\",\"target\":{},\"msg\":{}}}",
+                out.timestamp_micros(),
+                record.level(),
+                spooky::jsonstr::quote(record.target()),
+                spooky::jsonstr::quote(&record.args().to_string())
+            )
+        });
+    }
+    builder.init();
 }
 
 fn run_config(
@@ -145,7 +158,7 @@ fn run_config(
         println!("{}: configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    init_logging(config.log_level());
+    init_logging(config.log_level(), config.log_format());
     let drain_timeout = config.drain_timeout();
     serve_with(
         ProxySettings {
@@ -199,7 +212,7 @@ impl Reloader {
 }
 
 fn run_demo(port: u16) -> ExitCode {
-    init_logging(log::LevelFilter::Info);
+    init_logging(log::LevelFilter::Info, LogFormat::Text);
     match demo::prepare(port) {
         Ok((settings, guide)) => serve_with(settings, DEMO_DRAIN_TIMEOUT, None, None, Some(guide)),
         Err(e) => {

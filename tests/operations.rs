@@ -390,3 +390,38 @@ fn two_processes_share_one_udp_port_and_both_serve() {
     assert_eq!(a.stats().requests + b.stats().requests, 40);
     drop(second);
 }
+
+#[test]
+fn json_logs_carry_one_access_line_per_request() {
+    let backend = start_backend("logs");
+    let process = SpookyProcess::start(
+        "json-logs",
+        free_udp_port(),
+        &format!(
+            "[log]\nformat = \"json\"\naccess_log = true\n\n{}",
+            pool("main", "/", &[&backend], "")
+        ),
+    );
+    let mut client = H3Client::connect(process.client_options(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        client.request(Request::get("/bytes/1234")).unwrap().status,
+        200
+    );
+    let id = format!("main-{}", backend.addr().port());
+    assert!(
+        eventually(Duration::from_secs(5), || process.log_text().lines().any(
+            |l| l.contains("\"target\":\"spooky::access\"")
+                && l.contains(&format!("backend={id}"))
+                && l.contains("status=200")
+                && l.contains("bytes_out=1234")
+        )),
+        "{}",
+        process.log_text()
+    );
+    for line in process.log_text().lines() {
+        assert!(
+            line.starts_with("{\"ts\":") && line.ends_with('}'),
+            "not a JSON line: {line}"
+        );
+    }
+}

@@ -44,6 +44,12 @@ pub struct StreamSlot {
     pub request_fin: bool,
     /// Request trailers, once received.
     pub trailers: Option<Vec<quiche::h3::Header>>,
+    /// For the access log: body bytes received from and sent to the client, the response
+    /// status, and the upstream and backend that served the request.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub status: u16,
+    pub served_by: Option<(String, String)>,
 }
 
 impl StreamSlot {

@@ -82,6 +82,12 @@ pub async fn serve(shard: Rc<Shard>, key: StreamKey, job: Job) {
         .stats
         .request_duration
         .record(started.elapsed().as_micros() as u64);
+    let described = match outcome {
+        Outcome::Responded(_) => "complete",
+        Outcome::ClientGone => "client_gone",
+        Outcome::Reset => "reset",
+    };
+    shard.log_access(key, described, started);
     match outcome {
         Outcome::Responded(_) => {}
         Outcome::ClientGone => shard.stats.client_cancels.incr(),
@@ -165,6 +171,11 @@ async fn proxy(
             return reply(shard, key, 502, "backend unreachable", &[]).await;
         };
         tried.push(backend);
+        shard.note_backend(
+            key,
+            &upstream.plan.name,
+            &upstream.plan.backends[backend].id,
+        );
         let attempt = attempt(
             shard,
             key,

@@ -15,6 +15,8 @@ pub struct ProxyPlan {
     pub quic: QuicSettings,
     /// Upstream pools, in configuration order. Their index is the upstream id used in routing.
     pub upstreams: Vec<UpstreamPlan>,
+    /// Write one access log line per request (target `spooky::access`).
+    pub access_log: bool,
 }
 
 /// PEM files for the QUIC listener. Read by each shard when it builds its quiche configuration.

@@ -140,7 +140,7 @@ pub struct Shard {
     /// Swapped whole on reload; a request keeps the `Rc` it started with, so in-flight requests
     /// finish on the configuration they began under.
     pub upstreams: RefCell<Rc<Upstreams>>,
-    index: usize,
+    pub index: usize,
     pub stats: Arc<ShardStats>,
     pub flush_needed: Notify,
     timer_changed: Rc<Notify>,
@@ -150,6 +150,8 @@ pub struct Shard {
     /// requests are discovered while the connection table is borrowed, so spawning waits until
     /// that borrow ends (see [`Shard::spawn_pending`]).
     pending: RefCell<Vec<(StreamKey, Job)>>,
+    /// Whether to write an access log line per request (`log.access_log`; changes on reload).
+    pub access_log: std::cell::Cell<bool>,
 }
 
 async fn run(spec: ShardSpec) -> Result<(), ShardError> {
@@ -189,6 +191,7 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
         timer_changed,
         discard: RefCell::new(vec![0; MAX_DATAGRAM].into_boxed_slice()),
         pending: RefCell::new(Vec::new()),
+        access_log: std::cell::Cell::new(plan.access_log),
     });
     stats.thread_id.set(current_thread_id());
     stats.running.set(1);
@@ -473,6 +476,7 @@ impl Shard {
                 );
             }
         }
+        self.access_log.set(plan.access_log);
         let previous = self.upstreams.borrow().clone();
         let next = Upstreams::new(plan, self.index, &self.stats, Some(&previous));
         *self.upstreams.borrow_mut() = Rc::new(next);

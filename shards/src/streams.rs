@@ -69,7 +69,10 @@ impl Shard {
         poll_fn(|cx| {
             let attempt = self.with_stream(key, |quic, h3, slot| {
                 match h3.send_response(quic, key.stream_id, &headers, fin) {
-                    Ok(()) => Poll::Ready(Ok(())),
+                    Ok(()) => {
+                        slot.status = status_of(fields);
+                        Poll::Ready(Ok(()))
+                    }
                     Err(quiche::h3::Error::StreamBlocked) => {
                         slot.waker = Some(cx.waker().clone());
                         Poll::Pending
@@ -121,6 +124,7 @@ impl Shard {
                 match h3.send_body(quic, key.stream_id, &data[written..], fin) {
                     Ok(n) => {
                         written += n;
+                        slot.bytes_out += n as u64;
                         if written == data.len() {
                             return Poll::Ready(Ok(()));
                         }
@@ -171,7 +175,10 @@ impl Shard {
                 .and_then(|c| c.streams.get_mut(&key.stream_id));
             let outcome = match (read, slot) {
                 (_, None) => Poll::Ready(Err(StreamGone)),
-                (Ok(n), Some(_)) => Poll::Ready(Ok(BodyRead::Data(n))),
+                (Ok(n), Some(slot)) => {
+                    slot.bytes_in += n as u64;
+                    Poll::Ready(Ok(BodyRead::Data(n)))
+                }
                 (Err(quiche::h3::Error::Done), Some(slot)) => {
                     if slot.request_fin {
                         Poll::Ready(Ok(BodyRead::End(slot.trailers.take())))
@@ -221,6 +228,46 @@ impl Shard {
         });
     }
 
+    /// Records which upstream and backend serve the request, for the access log.
+    pub fn note_backend(&self, key: StreamKey, upstream: &str, backend: &str) {
+        if !self.access_log.get() {
+            return;
+        }
+        let mut conns = self.conns.borrow_mut();
+        if let Some(slot) = find(&mut conns.table, key)
+            .ok()
+            .and_then(|c| c.streams.get_mut(&key.stream_id))
+        {
+            slot.served_by = Some((upstream.to_string(), backend.to_string()));
+        }
+    }
+
+    /// Writes the access log line of a finished request (when `log.access_log` is on).
+    pub fn log_access(&self, key: StreamKey, outcome: &str, started: std::time::Instant) {
+        if !self.access_log.get() {
+            return;
+        }
+        let mut conns = self.conns.borrow_mut();
+        let Ok(conn) = find(&mut conns.table, key) else {
+            return;
+        };
+        let peer = conn.peer;
+        let slot = conn.streams.get(&key.stream_id);
+        let (upstream, backend) = slot
+            .and_then(|s| s.served_by.clone())
+            .unwrap_or_else(|| ("-".into(), "-".into()));
+        log::info!(
+            target: "spooky::access",
+            "client={peer} stream={} upstream={upstream} backend={backend} status={} bytes_in={} bytes_out={} duration_us={} outcome={outcome} shard={}",
+            key.stream_id,
+            slot.map_or(0, |s| s.status),
+            slot.map_or(0, |s| s.bytes_in),
+            slot.map_or(0, |s| s.bytes_out),
+            started.elapsed().as_micros(),
+            self.index,
+        );
+    }
+
     /// Forgets the stream once its task is done. If the client is still sending a request body
     /// nobody will read, it is told to stop (RFC 9114 §4.1: STOP_SENDING with H3_NO_ERROR after a
     /// complete response).
@@ -242,6 +289,15 @@ impl Shard {
         self.stats.streams_active.sub(1);
         self.flush_needed.notify();
     }
+}
+
+/// The numeric `:status` of a response field list (0 if absent).
+fn status_of(fields: &Fields) -> u16 {
+    fields
+        .iter()
+        .find(|(name, _)| name == b":status")
+        .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn find(

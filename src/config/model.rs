@@ -185,6 +185,8 @@ pub struct RawBackend {
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub level: Option<String>,
+    pub format: Option<String>,
+    pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,7 +20,7 @@ use super::error::Problem;
 use super::model::{
     BalancingKind, Int, RawConfig, RawHealthCheck, RawQuic, RawRuntime, RawUpstream,
 };
-use super::Config;
+use super::{Config, LogFormat};
 
 /// Flow-control windows smaller than this stall transfers on any real path; QUIC implementations
 /// commonly treat 16 KiB as the floor too.
@@ -203,6 +203,18 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         },
     };
 
+    let log_format = match raw.log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            p.push(
+                "log.format",
+                format!("unknown log format `{other}`; expected \"text\" or \"json\""),
+            );
+            LogFormat::Text
+        }
+    };
+
     if !p.0.is_empty() {
         return Err(p.0);
     }
@@ -238,6 +250,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         },
         quic,
         upstreams,
+        access_log: raw.log.access_log.unwrap_or(false),
     };
     if let Err(total) = plan.assign_stats_slots(None) {
         return Err(vec![Problem::new(
@@ -256,6 +269,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         drain_timeout,
         admin,
         log_level,
+        log_format,
         plan,
     })
 }
