@@ -222,3 +222,100 @@ fn no_healthy_backend_answers_503_fast() {
     assert_eq!(response.header("retry-after"), Some("1"));
     assert!(elapsed < Duration::from_millis(50), "503 took {elapsed:?}");
 }
+
+#[test]
+fn consistent_hash_sends_a_key_to_one_backend_from_every_shard() {
+    let backends: Vec<BackendHandle> = (0..4).map(|i| start_backend(&format!("h{i}"))).collect();
+    let mut text =
+        "[runtime]\ncores = [0, 1]\n\n[upstream.main]\nroute = { path_prefix = \"/\" }\n\
+        load_balancing = { type = \"consistent-hash\", key = \"header:x-user\" }\n"
+            .to_string();
+    for (i, b) in backends.iter().enumerate() {
+        text.push_str(&format!(
+            "[[upstream.main.backends]]\nid = \"h{i}\"\naddress = \"{}\"\n",
+            b.addr()
+        ));
+    }
+    let proxy = Proxy::start("hash", &text);
+    let mut owner: std::collections::HashMap<u32, String> = Default::default();
+    // Many connections land on both shards; each asks for the same 50 keys.
+    for _ in 0..16 {
+        let mut client = proxy.client();
+        let requests = (0..50)
+            .map(|k| Request::get("/status/200").header("x-user", &format!("user-{k}")))
+            .collect();
+        for (k, response) in client.request_many(requests).into_iter().enumerate() {
+            let response = response.expect("request");
+            let backend = response.header("x-backend").unwrap().to_string();
+            let first = owner.entry(k as u32).or_insert_with(|| backend.clone());
+            assert_eq!(*first, backend, "key user-{k} moved");
+        }
+    }
+    let per_shard: Vec<u64> = proxy
+        .running
+        .shard_stats()
+        .iter()
+        .map(|s| s.requests.get())
+        .collect();
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "both shards must serve: {per_shard:?}"
+    );
+    let distinct: std::collections::HashSet<&String> = owner.values().collect();
+    assert!(
+        distinct.len() >= 3,
+        "50 keys should spread over the pool: {distinct:?}"
+    );
+}
+
+#[test]
+fn least_request_steers_new_requests_away_from_a_busy_backend() {
+    let busy = start_backend("busy");
+    let idle = start_backend("idle");
+    let check = "health_check = { path = \"/health\", interval = 50, timeout_ms = 40, failure_threshold = 1, success_threshold = 1 }";
+    let text = format!(
+        "[upstream.main]\nroute = {{ path_prefix = \"/\" }}\nload_balancing = {{ type = \"least-request\" }}\n\
+         [[upstream.main.backends]]\nid = \"busy\"\naddress = \"{}\"\n\
+         [[upstream.main.backends]]\nid = \"idle\"\naddress = \"{}\"\n{check}\n",
+        busy.addr(),
+        idle.addr()
+    );
+    idle.set_healthy(false);
+    let proxy = Proxy::start("least", &text);
+    let mut client = proxy.client();
+    // While "idle" is out, ten slow requests pile up on "busy".
+    assert!(eventually(Duration::from_secs(5), || {
+        client
+            .request(Request::get("/status/200"))
+            .unwrap()
+            .header("x-backend")
+            == Some("busy")
+            && idle.stats().requests == 0
+    }));
+    let options = proxy.client_options();
+    let slow = std::thread::spawn(move || {
+        let mut client = spooky_bench::client::H3Client::connect(options).expect("connect");
+        client.request_many((0..10).map(|_| Request::get("/delay/3000")).collect())
+    });
+    assert!(eventually(Duration::from_secs(5), || busy
+        .stats()
+        .in_flight
+        == 10));
+    idle.set_healthy(true);
+    assert!(eventually(Duration::from_secs(5), || {
+        client
+            .request(Request::get("/status/200"))
+            .unwrap()
+            .header("x-backend")
+            == Some("idle")
+    }));
+    // With ten requests held by "busy", every new request goes to "idle".
+    for _ in 0..20 {
+        let response = client.request(Request::get("/status/200")).unwrap();
+        assert_eq!(response.header("x-backend"), Some("idle"));
+    }
+    assert_eq!(busy.stats().in_flight, 10);
+    for response in slow.join().unwrap() {
+        assert_eq!(response.unwrap().status, 200);
+    }
+}

@@ -15,7 +15,9 @@ usage:
                        [--insecure | --ca FILE] [--output FILE] [--include]
   spooky-bench backend --listen ADDR [--name NAME] [--max-streams N]
   spooky-bench idle URL --connections N --hold SECONDS [--insecure | --ca FILE]
-                       open N QUIC connections (handshake only), keep them for SECONDS";
+                       open N QUIC connections (handshake only), keep them for SECONDS
+  spooky-bench pick-cost [--backends N]
+                       ns per backend pick for each load-balancing type";
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
         Some("get") => get(&args[1..]),
         Some("backend") => run_backend(&args[1..]),
         Some("idle") => idle(&args[1..]),
+        Some("pick-cost") => pick_cost(&args[1..]),
         Some("--help" | "-h") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -246,6 +249,28 @@ fn idle(args: &[String]) -> Result<(), Failure> {
     std::thread::sleep(Duration::from_secs(hold));
     for client in open {
         client.close();
+    }
+    Ok(())
+}
+
+fn pick_cost(args: &[String]) -> Result<(), Failure> {
+    let mut iter = args.iter();
+    let mut backends = 8usize;
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--backends" => {
+                backends = value(&mut iter, arg)?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| Failure::Usage("--backends needs a positive number".into()))?
+            }
+            other => return Err(Failure::Usage(format!("unknown option {other:?}"))),
+        }
+    }
+    println!("backend pick cost, {backends} backends, best of 5 rounds of 1,000,000 picks");
+    for (name, ns) in spooky_bench::pickcost::measure(backends, 1_000_000, 5) {
+        println!("{name:>16}  {ns:8.1} ns/pick");
     }
     Ok(())
 }

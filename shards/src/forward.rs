@@ -145,15 +145,19 @@ async fn proxy(
     // be replayed elsewhere, because the body was not kept.
     let body_started = Cell::new(false);
     let mut tried: Vec<BackendIndex> = Vec::new();
+    let key_hash = match &upstream.plan.balancing {
+        crate::plan::Balancing::ConsistentHash(key) => crate::affinity::request_hash(key, &head),
+        _ => None,
+    };
     loop {
         // Prefer a backend not tried yet; with none left, the same one may take the retry (a
         // refused stream on a busy backend often succeeds on a second try).
         let picked = {
             let mut balancer = upstream.balancer.borrow_mut();
             let now = Instant::now();
-            balancer.pick_excluding(now, &tried).or_else(|| {
+            balancer.pick_excluding(now, &tried, key_hash).or_else(|| {
                 (!tried.is_empty())
-                    .then(|| balancer.pick_excluding(now, &[]))
+                    .then(|| balancer.pick_excluding(now, &[], key_hash))
                     .flatten()
             })
         };
@@ -264,6 +268,34 @@ fn record(shard: &Shard, upstream: &Upstream, backend: BackendIndex, failure: Op
     }
 }
 
+/// Counts a request in its backend's in-flight total for as long as it lives (however the task
+/// ends), and reports its time to response headers to the balancer.
+struct InFlight<'a> {
+    upstream: &'a Upstream,
+    backend: BackendIndex,
+    latency: Option<Duration>,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(upstream: &'a Upstream, backend: BackendIndex) -> Self {
+        upstream.balancer.borrow_mut().started(backend);
+        InFlight {
+            upstream,
+            backend,
+            latency: None,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.upstream
+            .balancer
+            .borrow_mut()
+            .finished(self.backend, self.latency);
+    }
+}
+
 /// Why an attempt ended before any response byte reached the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AttemptFailure {
@@ -318,6 +350,7 @@ async fn attempt(
     has_body: bool,
     body_started: &Cell<bool>,
 ) -> Attempt {
+    let mut in_flight = InFlight::new(upstream, backend);
     let pool = upstream.pools[backend].clone();
     let (mut sender, lease) = match pool.acquire().await {
         Ok(acquired) => acquired,
@@ -345,7 +378,7 @@ async fn attempt(
         }
     };
     let timeout = upstream.plan.timeouts.response_headers;
-    let download = relay_response(shard, key, response, timeout);
+    let download = relay_response(shard, key, response, timeout, &mut in_flight);
     if !has_body {
         return download.await;
     }
@@ -364,7 +397,9 @@ async fn relay_response(
     key: StreamKey,
     response: ResponseFuture,
     timeout: Duration,
+    in_flight: &mut InFlight<'_>,
 ) -> Attempt {
+    let sent_at = Instant::now();
     let headers_or_timeout = future::or(async { Some(response.await) }, async {
         glommio::timer::sleep(timeout).await;
         None
@@ -383,6 +418,7 @@ async fn relay_response(
         }
         Some(Ok(response)) => response,
     };
+    in_flight.latency = Some(sent_at.elapsed());
     Attempt::Finished(relay_body(shard, key, response).await)
 }
 

@@ -29,6 +29,8 @@ pub struct RequestHead {
     pub headers: HeaderMap,
     /// The declared body length, checked against what the client actually sends.
     pub content_length: Option<u64>,
+    /// The client's address, for `client-ip` hashing.
+    pub client_ip: IpAddr,
 }
 
 /// Why a request is malformed (RFC 9114 §4.1.2). The message is safe to show to the client.
@@ -200,6 +202,7 @@ pub fn translate_request<'a>(
         uri,
         headers,
         content_length,
+        client_ip: client.ip,
     })
 }
 

@@ -6,6 +6,7 @@
 //! own unit tests; the IO-driving modules (`connections`, `streams`, `forward`, `pool`, `shard`)
 //! are exercised end to end by the workspace's integration tests.
 
+pub mod affinity;
 pub mod balancer;
 pub mod cid;
 pub mod connections;

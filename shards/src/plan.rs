@@ -81,12 +81,63 @@ pub struct RoutePlan {
 }
 
 /// How a shard picks a backend within a pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Balancing {
     /// Smooth weighted round-robin.
     RoundRobin,
     /// Weighted random.
     Random,
+    /// Power of two choices on requests in flight (per weight).
+    LeastRequest,
+    /// Maglev consistent hashing of a request attribute.
+    ConsistentHash(HashKey),
+    /// Power of two choices on an EWMA of response time times requests in flight (per weight).
+    LatencyAware,
+}
+
+/// What `consistent-hash` hashes (`load_balancing.key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header, by lowercase name.
+    Header(String),
+    /// A cookie, by name.
+    Cookie(String),
+    /// A query parameter, by name.
+    Query(String),
+    /// The path, without the query string.
+    Path,
+    /// The `:authority`.
+    Authority,
+    /// The client's IP address.
+    ClientIp,
+}
+
+impl HashKey {
+    /// Parses the configuration form: `header:NAME`, `cookie:NAME`, `query:NAME`, `path`,
+    /// `authority`, `client-ip`.
+    pub fn parse(text: &str) -> Option<HashKey> {
+        let named = |prefix: &str| {
+            text.strip_prefix(prefix)
+                .filter(|name| !name.is_empty())
+                .map(str::to_string)
+        };
+        Some(match text {
+            "path" => HashKey::Path,
+            "authority" => HashKey::Authority,
+            "client-ip" => HashKey::ClientIp,
+            _ => {
+                if let Some(name) = named("header:") {
+                    HashKey::Header(name.to_ascii_lowercase())
+                } else if let Some(name) = named("cookie:") {
+                    HashKey::Cookie(name)
+                } else if let Some(name) = named("query:") {
+                    HashKey::Query(name)
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
 }
 
 /// Time limits on the backend side of a request.

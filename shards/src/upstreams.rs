@@ -52,7 +52,7 @@ impl Upstreams {
                 retry_budget: RetryBudget::new(upstream.retry_budget),
                 // Different seeds per shard and upstream keep random picks uncorrelated.
                 balancer: RefCell::new(Balancer::new(
-                    upstream.balancing,
+                    upstream.balancing.clone(),
                     &upstream.backends,
                     seed(shard_index, i),
                 )),

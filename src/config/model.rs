@@ -155,6 +155,8 @@ pub struct RawRoute {
 pub struct RawLoadBalancing {
     #[serde(rename = "type")]
     pub kind: BalancingKind,
+    /// The hash input of `consistent-hash`.
+    pub key: Option<String>,
 }
 
 /// Only the strategies the data plane implements; serde's "unknown variant" error lists them.
@@ -163,6 +165,9 @@ pub struct RawLoadBalancing {
 pub enum BalancingKind {
     RoundRobin,
     Random,
+    LeastRequest,
+    ConsistentHash,
+    LatencyAware,
 }
 
 #[derive(Debug, Deserialize)]

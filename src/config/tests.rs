@@ -356,12 +356,49 @@ fn missing_required_key_names_its_table() {
 #[test]
 fn unknown_balancing_type_lists_the_supported_ones() {
     let s = Scratch::new();
-    let text = edit(&s.full(), "type = \"random\"", "type = \"consistent-hash\"");
+    let text = edit(&s.full(), "type = \"random\"", "type = \"maglev\"");
     assert_problem(
         &s.problems(&text),
         "upstream.api_pool.load_balancing.type",
-        "expected `round-robin` or `random`",
+        "expected one of `round-robin`, `random`, `least-request`, `consistent-hash`, `latency-aware`",
     );
+}
+
+#[test]
+fn consistent_hash_needs_a_valid_key_and_others_take_none() {
+    let s = Scratch::new();
+    let missing = edit(&s.full(), "type = \"random\"", "type = \"consistent-hash\"");
+    assert_problem(
+        &s.problems(&missing),
+        "upstream.api_pool.load_balancing.key",
+        "needs a key",
+    );
+    let bad = edit(
+        &s.full(),
+        "type = \"random\"",
+        "type = \"consistent-hash\", key = \"ip\"",
+    );
+    assert_problem(
+        &s.problems(&bad),
+        "upstream.api_pool.load_balancing.key",
+        "is not a hash key",
+    );
+    let stray = edit(
+        &s.full(),
+        "type = \"random\"",
+        "type = \"random\", key = \"path\"",
+    );
+    assert_problem(
+        &s.problems(&stray),
+        "upstream.api_pool.load_balancing.key",
+        "only `consistent-hash` uses a key",
+    );
+    let good = edit(
+        &s.full(),
+        "type = \"random\"",
+        "type = \"consistent-hash\", key = \"header:x-user\"",
+    );
+    assert!(s.parse(&good).is_ok());
 }
 
 #[test]

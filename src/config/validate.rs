@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use log::LevelFilter;
 use shards::plan::{
-    BackendPlan, Balancing, HealthCheckPlan, ProxyPlan, QuicSettings, RoutePlan, TlsFiles,
+    BackendPlan, Balancing, HashKey, HealthCheckPlan, ProxyPlan, QuicSettings, RoutePlan, TlsFiles,
     UpstreamPlan, UpstreamTimeouts, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
 };
 
@@ -607,9 +607,38 @@ fn check_upstreams(p: &mut Problems, upstreams: &[(String, RawUpstream)]) -> Vec
             prefixes.insert(prefix, name);
         }
 
-        let balancing = match up.load_balancing.as_ref().map(|lb| lb.kind) {
+        let lb_key = up.load_balancing.as_ref().and_then(|lb| lb.key.as_deref());
+        let kind = up.load_balancing.as_ref().map(|lb| lb.kind);
+        let key_path = format!("{base}.load_balancing.key");
+        if lb_key.is_some() && kind != Some(BalancingKind::ConsistentHash) {
+            p.push(&key_path, "only `consistent-hash` uses a key");
+        }
+        let balancing = match kind {
             None | Some(BalancingKind::RoundRobin) => Balancing::RoundRobin,
             Some(BalancingKind::Random) => Balancing::Random,
+            Some(BalancingKind::LeastRequest) => Balancing::LeastRequest,
+            Some(BalancingKind::LatencyAware) => Balancing::LatencyAware,
+            Some(BalancingKind::ConsistentHash) => match lb_key.map(|k| (k, HashKey::parse(k))) {
+                Some((_, Some(key))) => Balancing::ConsistentHash(key),
+                Some((text, None)) => {
+                    p.push(
+                        &key_path,
+                        format!(
+                            "`{text}` is not a hash key; use header:NAME, cookie:NAME, \
+                             query:NAME, path, authority or client-ip"
+                        ),
+                    );
+                    Balancing::RoundRobin
+                }
+                None => {
+                    p.push(
+                        &key_path,
+                        "`consistent-hash` needs a key: header:NAME, cookie:NAME, query:NAME, \
+                         path, authority or client-ip",
+                    );
+                    Balancing::RoundRobin
+                }
+            },
         };
 
         let mut timeouts = UpstreamTimeouts::default();
