@@ -33,6 +33,8 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
             name: "demo".into(),
             route: RoutePlan {
                 path_prefix: "/".into(),
+                host: None,
+                method: None,
             },
             balancing: Balancing::RoundRobin,
             timeouts: UpstreamTimeouts::default(),

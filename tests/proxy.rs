@@ -395,3 +395,39 @@ fn upload_body_matches_pattern_checksum() {
     let data: Vec<u8> = (0..1000u64).map(pattern_byte).collect();
     assert_eq!(sha256(&data), pattern_sha256(1000));
 }
+
+#[test]
+fn routes_match_host_then_prefix_then_method() {
+    let api = start_backend("api");
+    let posts = start_backend("posts");
+    let web = start_backend("web");
+    let proxy = Proxy::start(
+        "host-routes",
+        &format!(
+            "{}\n{}\n{}",
+            pool("web", "/", &[&web], ""),
+            pool("api", "/", &[&api], "").replace(
+                "path_prefix = \"/\" }",
+                "path_prefix = \"/\", host = \"*.example.test\" }"
+            ),
+            pool("posts", "/", &[&posts], "").replace(
+                "path_prefix = \"/\" }",
+                "path_prefix = \"/\", host = \"*.example.test\", method = \"POST\" }"
+            ),
+        ),
+    );
+    let mut client = proxy.client();
+    let mut send = |method: &str, authority: &str| {
+        let mut request = Request::new(method, "/status/200");
+        request.authority = Some(authority.to_string());
+        ok(client.request(request))
+            .header("x-backend")
+            .map(str::to_string)
+    };
+    assert_eq!(send("GET", "localhost").as_deref(), Some("web"));
+    assert_eq!(send("GET", "api.example.test").as_deref(), Some("api"));
+    assert_eq!(
+        send("POST", "api.example.test:8443").as_deref(),
+        Some("posts")
+    );
+}

@@ -78,6 +78,10 @@ pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
 pub struct RoutePlan {
     /// Requests whose path starts with this prefix match; the longest matching prefix wins.
     pub path_prefix: String,
+    /// Only requests for this host (lowercase; `*.example.com` matches any subdomain).
+    pub host: Option<String>,
+    /// Only requests with this method.
+    pub method: Option<String>,
 }
 
 /// How a shard picks a backend within a pool.

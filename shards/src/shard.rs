@@ -430,7 +430,11 @@ impl Shard {
             }
             Ok(head) => {
                 let upstreams = self.upstreams.borrow().clone();
-                match upstreams.router.route(head.uri.path().as_bytes()) {
+                let host = head.uri.authority().map_or("", |a| a.as_str());
+                match upstreams
+                    .router
+                    .route(host, head.uri.path().as_bytes(), head.method.as_str())
+                {
                     None => Job::Reply {
                         status: 404,
                         message: "no route for this path".into(),

@@ -148,6 +148,8 @@ pub struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub path_prefix: String,
+    pub host: Option<String>,
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

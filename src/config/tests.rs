@@ -703,7 +703,7 @@ fn duplicate_path_prefix_names_both_upstreams() {
     assert_problem(
         &problems,
         "upstream.default_pool.route.path_prefix",
-        "\"/api\" is also the path_prefix of upstream.api_pool",
+        "upstream.api_pool and upstream.default_pool have the same route",
     );
     assert_eq!(problems.len(), 1, "{problems:#?}");
 }
@@ -930,4 +930,42 @@ fn cpu_list_format_matches_the_kernel() {
     let set: BTreeSet<usize> = [0, 1, 2, 3, 8, 10, 11].into_iter().collect();
     assert_eq!(format_cpu_list(&set), "0-3,8,10-11");
     assert_eq!(format_cpu_list(&BTreeSet::new()), "none");
+}
+
+#[test]
+fn route_host_and_method_are_checked_and_make_routes_distinct() {
+    let s = Scratch::new();
+    // Same prefix, different host or method: not ambiguous.
+    let by_host = edit(
+        &s.full(),
+        "path_prefix = \"/\"",
+        "path_prefix = \"/api\", host = \"*.example.com\"",
+    );
+    assert!(s.parse(&by_host).is_ok());
+    let by_method = edit(
+        &s.full(),
+        "path_prefix = \"/\"",
+        "path_prefix = \"/api\", method = \"POST\"",
+    );
+    assert!(s.parse(&by_method).is_ok());
+    let bad_host = edit(
+        &s.full(),
+        "path_prefix = \"/\"",
+        "path_prefix = \"/\", host = \"a.*.com\"",
+    );
+    assert_problem(
+        &s.problems(&bad_host),
+        "upstream.default_pool.route.host",
+        "is not a host name",
+    );
+    let bad_method = edit(
+        &s.full(),
+        "path_prefix = \"/\"",
+        "path_prefix = \"/\", method = \"get\"",
+    );
+    assert_problem(
+        &s.problems(&bad_method),
+        "upstream.default_pool.route.method",
+        "upper case",
+    );
 }

@@ -582,7 +582,8 @@ fn check_upstreams(p: &mut Problems, upstreams: &[(String, RawUpstream)]) -> Vec
     }
     // Backend ids label metrics, so they must be unique across pools, not just within one.
     let mut ids: HashMap<&str, String> = HashMap::new();
-    let mut prefixes: HashMap<&str, &str> = HashMap::new();
+    // A route is (host, path_prefix, method); two upstreams with the same one are ambiguous.
+    let mut routes: HashMap<(Option<String>, &str, Option<String>), &str> = HashMap::new();
     let mut plans = Vec::with_capacity(upstreams.len());
 
     for (name, up) in upstreams {
@@ -595,16 +596,50 @@ fn check_upstreams(p: &mut Problems, upstreams: &[(String, RawUpstream)]) -> Vec
                 &prefix_key,
                 format!("must start with '/', got \"{prefix}\""),
             );
-        } else if let Some(other) = prefixes.get(prefix.as_str()) {
-            p.push(
-                &prefix_key,
-                format!(
-                    "\"{prefix}\" is also the path_prefix of upstream.{other}; requests could go \
-                     to either, so each prefix may belong to one upstream only"
-                ),
-            );
-        } else {
-            prefixes.insert(prefix, name);
+        }
+        let host = up.route.host.as_ref().map(|h| h.to_ascii_lowercase());
+        if let Some(h) = &host {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            let valid = !bare.is_empty()
+                && !bare.contains('*')
+                && bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            if !valid {
+                p.push(
+                    format!("{base}.route.host"),
+                    format!(
+                        "`{h}` is not a host name; give an exact name (api.example.com) or a \
+                         wildcard for subdomains (*.example.com)"
+                    ),
+                );
+            }
+        }
+        let method = up.route.method.clone();
+        if let Some(m) = &method {
+            if m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase()) {
+                p.push(
+                    format!("{base}.route.method"),
+                    format!("`{m}` is not an HTTP method in upper case, such as GET or POST"),
+                );
+            }
+        }
+        if prefix.starts_with('/') {
+            let route = (host.clone(), prefix.as_str(), method.clone());
+            if let Some(other) = routes.get(&route) {
+                p.push(
+                    &prefix_key,
+                    format!(
+                        "upstream.{other} and upstream.{name} have the same route (host {}, \
+                         path_prefix \"{prefix}\", method {}); requests could go to either, so \
+                         each route may belong to one upstream only",
+                        host.as_deref().unwrap_or("any"),
+                        method.as_deref().unwrap_or("any"),
+                    ),
+                );
+            } else {
+                routes.insert(route, name);
+            }
         }
 
         let lb_key = up.load_balancing.as_ref().and_then(|lb| lb.key.as_deref());
@@ -755,6 +790,8 @@ fn check_upstreams(p: &mut Problems, upstreams: &[(String, RawUpstream)]) -> Vec
             name: name.clone(),
             route: RoutePlan {
                 path_prefix: prefix.clone(),
+                host: up.route.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                method: up.route.method.clone(),
             },
             balancing,
             timeouts,
