@@ -431,3 +431,35 @@ fn routes_match_host_then_prefix_then_method() {
         Some("posts")
     );
 }
+
+#[test]
+fn total_and_body_idle_timeouts_end_requests_that_overrun() {
+    let backend = start_backend("timeouts");
+    let proxy = Proxy::start(
+        "timeouts",
+        &format!(
+            "{}\n{}",
+            pool(
+                "total",
+                "/delay",
+                &[&backend],
+                "timeouts = { total_ms = 300 }"
+            ),
+            pool("idle", "/", &[&backend], "timeouts = { body_idle_ms = 5 }"),
+        ),
+    );
+    let mut client = proxy.client();
+    let started = Instant::now();
+    let response = ok(client.request(get("/delay/3000")));
+    assert_eq!(response.status, 504);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // /slow-bytes pauses 20 ms between chunks: longer than the 5 ms body idle limit.
+    match client.request(get("/slow-bytes/1000000")) {
+        Err(ClientError::StreamReset { code }) => assert_eq!(code, H3_INTERNAL_ERROR),
+        other => panic!("an idle body must end in a reset: {other:?}"),
+    }
+    assert_eq!(
+        ok(client.request(get("/bytes/100"))).body_sha256,
+        pattern_sha256(100)
+    );
+}

@@ -151,6 +151,12 @@ pub struct UpstreamTimeouts {
     pub connect: Duration,
     /// Limit between sending the request headers and receiving the response headers.
     pub response_headers: Duration,
+    /// Limit on a body (either direction) making no progress: no byte from the backend while
+    /// relaying the response, or from the client while uploading.
+    pub body_idle: Duration,
+    /// Limit on the whole request, from routing to the last response byte; `None` = no limit
+    /// (streams may be long-lived).
+    pub total: Option<Duration>,
 }
 
 impl Default for UpstreamTimeouts {
@@ -158,6 +164,8 @@ impl Default for UpstreamTimeouts {
         UpstreamTimeouts {
             connect: Duration::from_secs(2),
             response_headers: Duration::from_secs(30),
+            body_idle: Duration::from_secs(60),
+            total: None,
         }
     }
 }

@@ -228,6 +228,15 @@ impl Shard {
         });
     }
 
+    /// Whether response headers went out on the stream (then only a reset can end it early).
+    pub fn response_started(&self, key: StreamKey) -> bool {
+        let mut conns = self.conns.borrow_mut();
+        find(&mut conns.table, key)
+            .ok()
+            .and_then(|c| c.streams.get(&key.stream_id))
+            .is_some_and(|slot| slot.status != 0)
+    }
+
     /// Records which upstream and backend serve the request, for the access log.
     pub fn note_backend(&self, key: StreamKey, upstream: &str, backend: &str) {
         if !self.access_log.get() {

@@ -177,6 +177,8 @@ pub enum BalancingKind {
 pub struct RawTimeouts {
     pub connect_ms: Option<Int>,
     pub response_headers_ms: Option<Int>,
+    pub body_idle_ms: Option<Int>,
+    pub total_ms: Option<Int>,
 }
 
 #[derive(Debug, Deserialize)]

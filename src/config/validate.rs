@@ -690,6 +690,19 @@ fn check_upstreams(p: &mut Problems, upstreams: &[(String, RawUpstream)]) -> Vec
                     timeouts.response_headers = Duration::from_millis(ms as u64);
                 }
             }
+            if let Some(Int(ms)) = t.body_idle_ms {
+                let key = format!("{base}.timeouts.body_idle_ms");
+                if let Some(ms) = p.in_range(&key, ms, 1, i64::MAX, " ms") {
+                    timeouts.body_idle = Duration::from_millis(ms as u64);
+                }
+            }
+            if let Some(Int(ms)) = t.total_ms {
+                // 0 spells "no limit", as in Envoy's route timeout.
+                let key = format!("{base}.timeouts.total_ms");
+                if let Some(ms) = p.in_range(&key, ms, 0, i64::MAX, " ms") {
+                    timeouts.total = (ms > 0).then(|| Duration::from_millis(ms as u64));
+                }
+            }
         }
 
         if up.backends.is_empty() {
