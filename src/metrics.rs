@@ -233,10 +233,10 @@ fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
                     .sum()
             };
             for (class, value) in [
-                ("2xx", sum(&|c| &c.responses_2xx)),
-                ("3xx", sum(&|c| &c.responses_3xx)),
-                ("4xx", sum(&|c| &c.responses_4xx)),
-                ("5xx", sum(&|c| &c.responses_5xx)),
+                ("2xx", sum(&|c| &c.responses.class_2xx)),
+                ("3xx", sum(&|c| &c.responses.class_3xx)),
+                ("4xx", sum(&|c| &c.responses.class_4xx)),
+                ("5xx", sum(&|c| &c.responses.class_5xx)),
             ] {
                 let _ = writeln!(
                     out,

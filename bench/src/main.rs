@@ -117,11 +117,7 @@ fn get(args: &[String]) -> Result<(), Failure> {
     let url = url.ok_or_else(|| Failure::Usage("get needs a URL".into()))?;
     let (host, port, path) = parse_url(url)?;
     let verify = verify.ok_or_else(|| Failure::Usage("give --ca FILE (or --insecure)".into()))?;
-    let server: SocketAddr = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| Failure::Run(format!("cannot resolve {host}: {e}")))?
-        .next()
-        .ok_or_else(|| Failure::Run(format!("{host} has no address")))?;
+    let server = resolve(&host, port)?;
     let mut client = H3Client::connect(ClientOptions {
         server,
         server_name: host.clone(),
@@ -229,11 +225,7 @@ fn idle(args: &[String]) -> Result<(), Failure> {
     let url = url.ok_or_else(|| Failure::Usage("idle needs a URL".into()))?;
     let (host, port, _) = parse_url(url)?;
     let verify = verify.ok_or_else(|| Failure::Usage("give --ca FILE (or --insecure)".into()))?;
-    let server: SocketAddr = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| Failure::Run(format!("cannot resolve {host}: {e}")))?
-        .next()
-        .ok_or_else(|| Failure::Run(format!("{host} has no address")))?;
+    let server = resolve(&host, port)?;
     let mut open = Vec::with_capacity(connections);
     for i in 0..connections {
         let client = H3Client::connect(ClientOptions {
@@ -273,4 +265,12 @@ fn pick_cost(args: &[String]) -> Result<(), Failure> {
         println!("{name:>16}  {ns:8.1} ns/pick");
     }
     Ok(())
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, Failure> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| Failure::Run(format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| Failure::Run(format!("{host} has no address")))
 }

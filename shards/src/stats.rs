@@ -69,13 +69,31 @@ impl DurationHistogram {
     }
 }
 
+/// Responses counted by status class.
+#[derive(Default, Debug)]
+pub struct StatusClasses {
+    pub class_2xx: Counter,
+    pub class_3xx: Counter,
+    pub class_4xx: Counter,
+    /// 5xx, and anything outside 200-499 (1xx never completes a request).
+    pub class_5xx: Counter,
+}
+
+impl StatusClasses {
+    pub fn count(&self, status: u16) {
+        match status {
+            200..=299 => self.class_2xx.incr(),
+            300..=399 => self.class_3xx.incr(),
+            400..=499 => self.class_4xx.incr(),
+            _ => self.class_5xx.incr(),
+        }
+    }
+}
+
 /// What one shard has done with one backend.
 #[derive(Default, Debug)]
 pub struct BackendStats {
-    pub responses_2xx: Counter,
-    pub responses_3xx: Counter,
-    pub responses_4xx: Counter,
-    pub responses_5xx: Counter,
+    pub responses: StatusClasses,
     /// Requests that ended without a backend status (connect failure, timeout, reset).
     pub failures: Counter,
     /// Times this shard's outlier detection ejected the backend.
@@ -86,12 +104,7 @@ pub struct BackendStats {
 
 impl BackendStats {
     pub fn count_status(&self, status: u16) {
-        match status {
-            200..=299 => self.responses_2xx.incr(),
-            300..=399 => self.responses_3xx.incr(),
-            400..=499 => self.responses_4xx.incr(),
-            _ => self.responses_5xx.incr(),
-        }
+        self.responses.count(status);
     }
 }
 
@@ -121,10 +134,8 @@ pub struct ShardStats {
     pub requests: Counter,
     /// Requests in progress (gauge).
     pub streams_active: Counter,
-    pub responses_2xx: Counter,
-    pub responses_3xx: Counter,
-    pub responses_4xx: Counter,
-    pub responses_5xx: Counter,
+    /// Responses sent to clients, by status class.
+    pub responses: StatusClasses,
     /// Request streams reset towards the client after a failure mid-response.
     pub streams_reset: Counter,
     /// Requests the client cancelled before their response completed.
@@ -157,11 +168,6 @@ impl ShardStats {
     }
 
     pub fn count_status(&self, status: u16) {
-        match status {
-            200..=299 => self.responses_2xx.incr(),
-            300..=399 => self.responses_3xx.incr(),
-            400..=499 => self.responses_4xx.incr(),
-            _ => self.responses_5xx.incr(),
-        }
+        self.responses.count(status);
     }
 }
