@@ -157,6 +157,7 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
             ("unknown_connection", &stats.datagrams_dropped_unknown),
             ("malformed", &stats.datagrams_dropped_malformed),
             ("send_failed", &stats.datagrams_send_failed),
+            ("other_owner", &stats.datagrams_dropped_foreign),
         ] {
             let _ = writeln!(
                 out,
@@ -165,6 +166,22 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
             );
         }
     }
+    per_shard(
+        out,
+        shards,
+        "spooky_datagrams_handed_off_total",
+        "counter",
+        "Datagrams passed to the shard owning their connection (client address changed).",
+        |s| &s.datagrams_handed_off,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_gso_sends_total",
+        "counter",
+        "Segmented UDP sends (GSO), each carrying several datagrams.",
+        |s| &s.gso_sends,
+    );
     per_shard(
         out,
         shards,

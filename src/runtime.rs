@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shards::plan::ProxyPlan;
+use shards::handoff::{self, Inboxes};
+use shards::plan::{ProxyPlan, SteeringMode};
+use shards::steering::Steering;
 use shards::{ShardSpec, ShardStats, ShardThread};
 
 use crate::admin::{self, AdminView, SharedView};
@@ -40,6 +42,8 @@ pub enum StartError {
     Random,
     TooManyBackends,
     HealthChecker(io::Error),
+    Inbox(io::Error),
+    Steering(shards::steering::SteeringError),
 }
 
 impl fmt::Display for StartError {
@@ -52,6 +56,12 @@ impl fmt::Display for StartError {
             StartError::Shard { index, source } => write!(f, "shard {index}: {source}"),
             StartError::Random => f.write_str("no randomness available for connection IDs"),
             StartError::HealthChecker(e) => write!(f, "cannot start health checks: {e}"),
+            StartError::Inbox(e) => write!(f, "cannot bind the shards' hand-off sockets: {e}"),
+            StartError::Steering(e) => write!(
+                f,
+                "quic.steering = \"bpf\" but kernel steering failed: {e} (set quic.steering = \"auto\" \
+                 to fall back to hashing)"
+            ),
             StartError::TooManyBackends => write!(
                 f,
                 "more than {} backends would be configured",
@@ -81,6 +91,8 @@ pub struct RunningProxy {
     /// compare a reload against.
     listen: SocketAddr,
     plan: ProxyPlan,
+    /// Kernel steering by connection ID, when it is in place.
+    steering: Option<Steering>,
 }
 
 impl RunningProxy {
@@ -96,10 +108,18 @@ impl RunningProxy {
             address: settings.listen,
             source,
         })?;
+        let steering = start_steering(&sockets, &settings)?;
+        let inbox_sockets = handoff::bind_inboxes(sockets.len()).map_err(StartError::Inbox)?;
+        let mut inbox_addrs = Vec::new();
+        for (inbox, cpu) in inbox_sockets.iter().zip(&settings.cores) {
+            inbox_addrs.push((*cpu as u16, inbox.local_addr().map_err(StartError::Inbox)?));
+        }
+        let inboxes = Inboxes::new(inbox_addrs);
         let cid_secret = random_secret()?;
         let mut senders = Vec::new();
         let mut handles = Vec::new();
-        for (index, (socket, cpu)) in sockets.into_iter().zip(&settings.cores).enumerate() {
+        let shard_sockets = sockets.into_iter().zip(inbox_sockets);
+        for (index, ((socket, inbox), cpu)) in shard_sockets.zip(&settings.cores).enumerate() {
             let (sender, receiver) = crossbeam_channel::unbounded();
             let stats = Arc::new(ShardStats::new());
             let thread = shards::spawn(ShardSpec {
@@ -110,6 +130,8 @@ impl RunningProxy {
                 control: receiver,
                 stats: stats.clone(),
                 cid_secret,
+                inbox,
+                inboxes: inboxes.clone(),
             })
             .map_err(|source| StartError::Shard { index, source })?;
             senders.push(sender);
@@ -140,7 +162,13 @@ impl RunningProxy {
             view,
             listen: settings.listen,
             plan: settings.plan,
+            steering,
         })
+    }
+
+    /// Whether the kernel steers packets by connection ID (see `shards::steering`).
+    pub fn kernel_steering(&self) -> bool {
+        self.steering.is_some()
     }
 
     /// The UDP address clients reach (port resolved if 0 was configured).
@@ -159,6 +187,11 @@ impl RunningProxy {
         }
         if settings.cores != self.shard_cpus() {
             needs_restart.push("runtime (cores/shards)");
+        }
+        if settings.plan.quic.steering != self.plan.quic.steering
+            || settings.plan.quic.bpf_pin_dir != self.plan.quic.bpf_pin_dir
+        {
+            needs_restart.push("quic.steering/quic.bpf_pin_dir");
         }
         settings
             .plan
@@ -243,7 +276,42 @@ impl RunningProxy {
                 }
             }
         }
+        // Our sockets are closed now; the shared map goes if no other process still uses it.
+        if let Some(steering) = self.steering.take() {
+            steering.release();
+        }
         first_error
+    }
+}
+
+/// Sets up kernel steering as `quic.steering` asks. In `auto` mode a failure (no CAP_BPF, no
+/// bpffs) is logged and the process runs on hashing plus hand-off.
+fn start_steering(
+    sockets: &[std::net::UdpSocket],
+    settings: &ProxySettings,
+) -> Result<Option<Steering>, StartError> {
+    let quic = &settings.plan.quic;
+    if quic.steering == SteeringMode::Off {
+        return Ok(None);
+    }
+    let refs: Vec<&std::net::UdpSocket> = sockets.iter().collect();
+    match Steering::attach(&refs, &settings.cores, &quic.bpf_pin_dir) {
+        Ok(steering) => {
+            log::info!(
+                "kernel steering by connection ID on (socket map {})",
+                steering.pin_path().display()
+            );
+            Ok(Some(steering))
+        }
+        Err(e) if quic.steering == SteeringMode::Auto => {
+            log::warn!(
+                "kernel steering unavailable ({e}); using the kernel's address hash: clients \
+                 whose address changes are handed between this process's shards, and a restart \
+                 of another process on this port can break its connections here"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(StartError::Steering(e)),
     }
 }
 

@@ -121,16 +121,28 @@ fn unit_runs_the_instance_cores_and_keeps_io_uring_allowed() {
         ["/usr/local/bin/spooky --cores %i --config /etc/spooky/config.toml"]
     );
     let pre = unit_values("ExecStartPre");
-    assert_eq!(pre.len(), 1, "{pre:?}");
+    assert_eq!(pre.len(), 2, "{pre:?}");
     assert!(pre[0].ends_with("--check") && pre[0].contains("--config /etc/spooky/config.toml"));
+    // The steering map directory is optional: its step must not fail the start.
+    assert!(pre[1].starts_with("-+") && pre[1].ends_with("/sys/fs/bpf/spooky"));
     assert_eq!(unit_values("CPUAffinity"), ["%i"]);
     assert_eq!(unit_values("User"), ["spooky"]);
     assert_eq!(unit_values("LimitNOFILE"), ["1048576"]);
     assert_eq!(unit_values("LimitMEMLOCK").len(), 1);
-    assert_eq!(unit_values("AmbientCapabilities"), ["CAP_NET_BIND_SERVICE"]);
+    assert_eq!(
+        unit_values("AmbientCapabilities"),
+        ["CAP_NET_BIND_SERVICE CAP_BPF"]
+    );
     assert_eq!(
         unit_values("CapabilityBoundingSet"),
-        ["CAP_NET_BIND_SERVICE"]
+        ["CAP_NET_BIND_SERVICE CAP_BPF"]
+    );
+    // bpf(2) is denied by ~@privileged and must be allowed again after it.
+    let filters = unit_values("SystemCallFilter");
+    assert_eq!(
+        filters.last().map(String::as_str),
+        Some("bpf"),
+        "{filters:?}"
     );
 
     // An allow-list filter must keep io_uring; a deny-list must not take it (or CPU pinning) away.
@@ -139,7 +151,7 @@ fn unit_runs_the_instance_cores_and_keeps_io_uring_allowed() {
             for forbidden in ["io_uring", "@aio", "@resources", "sched_setaffinity"] {
                 assert!(!denied.contains(forbidden), "SystemCallFilter={filter}");
             }
-        } else {
+        } else if filter != "bpf" {
             for needed in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
                 assert!(
                     filter.split_whitespace().any(|s| s == needed),

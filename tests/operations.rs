@@ -3,117 +3,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    eventually, free_tcp_port, free_udp_port, http_get, parse_prometheus, pool, start_backend,
-    Proxy,
-};
+use common::process::SpookyProcess;
+use common::{eventually, free_udp_port, http_get, parse_prometheus, pool, start_backend, Proxy};
 use spooky::ProxySettings;
-use spooky_bench::client::{ClientOptions, H3Client, Request, Verify};
-
-/// A `spooky` process started from a configuration file.
-struct SpookyProcess {
-    child: Child,
-    listen: SocketAddr,
-    config: PathBuf,
-    log: PathBuf,
-    ca: PathBuf,
-}
-
-impl SpookyProcess {
-    fn start(label: &str, port: u16, body: &str) -> SpookyProcess {
-        let dir = common::scratch_dir(label);
-        let certs = spooky::selfsigned::generate(&dir).unwrap();
-        Self::start_with(dir, certs, port, body)
-    }
-
-    /// Like `start`, with given certificates (processes sharing a port must share them).
-    fn start_with(
-        dir: PathBuf,
-        certs: spooky::selfsigned::GeneratedCerts,
-        port: u16,
-        body: &str,
-    ) -> SpookyProcess {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[listen]\naddress = \"127.0.0.1\"\nport = {port}\ntls = {{ cert = {:?}, key = {:?} }}\n\n\
-                 [admin]\naddress = \"{admin}\"\n\n{body}",
-                certs.cert_chain.display().to_string(),
-                certs.private_key.display().to_string()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("spooky.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_spooky"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start spooky");
-        let process = SpookyProcess {
-            child,
-            listen: format!("127.0.0.1:{port}").parse().unwrap(),
-            config,
-            log,
-            ca: certs.ca,
-        };
-        assert!(
-            eventually(Duration::from_secs(15), || http_get(admin, "/health/live")
-                .is_ok_and(|(status, _)| status == 200)),
-            "spooky did not come up: {}",
-            process.log_text()
-        );
-        process
-    }
-
-    fn client_options(&self, timeout: Duration) -> ClientOptions {
-        ClientOptions {
-            server: self.listen,
-            server_name: "localhost".into(),
-            verify: Verify::Ca(self.ca.clone()),
-            timeout,
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
-            0
-        );
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits up to `limit` for the process to exit; returns its exit code.
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    }
-}
-
-impl Drop for SpookyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use spooky_bench::client::{H3Client, Request};
 
 #[test]
 fn metrics_parse_and_move_with_traffic_and_readiness_follows_health() {

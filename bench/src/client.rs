@@ -314,6 +314,27 @@ impl H3Client {
         self.local
     }
 
+    /// Moves the connection to a new UDP socket (a new source port) without telling QUIC, as a
+    /// NAT rebinding does: the server sees the client's address change mid-connection. Returns
+    /// the new source address.
+    pub fn rebind(&mut self) -> Result<SocketAddr, ClientError> {
+        let bind: SocketAddr = if self.options.server.is_ipv6() {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        };
+        let socket = UdpSocket::bind(bind)?;
+        socket.connect(self.options.server)?;
+        let address = socket.local_addr()?;
+        self.socket = socket;
+        Ok(address)
+    }
+
+    /// The connection ID the server issued for this connection (where the client sends).
+    pub fn server_cid(&self) -> Vec<u8> {
+        self.conn.destination_id().to_vec()
+    }
+
     pub fn request(&mut self, request: Request) -> Result<Response, ClientError> {
         self.run(vec![(request, None)], None)
             .pop()

@@ -4,6 +4,11 @@
 //! server's own connection ID is an HMAC of the client's original destination connection ID: every
 //! Initial packet of one handshake maps to the same ID, even when a large (post-quantum) ClientHello
 //! spans several Initial packets that arrive before our first reply.
+//!
+//! The first two bytes of every ID are the owning shard's steering key (its CPU number, big
+//! endian), readable by the kernel's reuseport program and by any shard that receives a packet
+//! meant for another (see [`crate::steering`] and [`crate::handoff`]). The other 14 bytes are the
+//! HMAC, so IDs stay unlinkable and unguessable.
 
 use ring::hmac;
 
@@ -13,17 +18,22 @@ pub const SERVER_CID_LEN: usize = 16;
 /// A server-issued connection ID, fixed size so the connection table key never allocates.
 pub type ServerCid = [u8; SERVER_CID_LEN];
 
+/// Bytes at the start of each ID that name the owning shard.
+pub const STEERING_KEY_LEN: usize = 2;
+
 /// Derives server connection IDs from client original destination IDs.
 pub struct CidMinter {
     key: hmac::Key,
+    steering_key: u16,
 }
 
 impl CidMinter {
     /// `secret` is shared by every shard of the process so that a handshake is recognised whichever
-    /// shard sees its packets.
-    pub fn new(secret: &[u8; 32]) -> Self {
+    /// shard sees its packets; `steering_key` names the shard that mints.
+    pub fn new(secret: &[u8; 32], steering_key: u16) -> Self {
         CidMinter {
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            steering_key,
         }
     }
 
@@ -31,9 +41,15 @@ impl CidMinter {
     pub fn derive(&self, original_dcid: &[u8]) -> ServerCid {
         let tag = hmac::sign(&self.key, original_dcid);
         let mut cid = [0u8; SERVER_CID_LEN];
-        cid.copy_from_slice(&tag.as_ref()[..SERVER_CID_LEN]);
+        cid[..STEERING_KEY_LEN].copy_from_slice(&self.steering_key.to_be_bytes());
+        cid[STEERING_KEY_LEN..].copy_from_slice(&tag.as_ref()[..SERVER_CID_LEN - STEERING_KEY_LEN]);
         cid
     }
+}
+
+/// The steering key carried by a connection ID of ours.
+pub fn steering_key(cid: &ServerCid) -> u16 {
+    u16::from_be_bytes([cid[0], cid[1]])
 }
 
 /// Reads a received connection ID as one of ours, if it has our length.
@@ -47,15 +63,24 @@ mod tests {
 
     #[test]
     fn same_original_dcid_gives_same_cid() {
-        let minter = CidMinter::new(&[7; 32]);
+        let minter = CidMinter::new(&[7; 32], 3);
         assert_eq!(minter.derive(b"abcdefgh"), minter.derive(b"abcdefgh"));
         assert_ne!(minter.derive(b"abcdefgh"), minter.derive(b"abcdefgi"));
     }
 
     #[test]
+    fn ids_carry_the_minting_shards_key() {
+        let cid = CidMinter::new(&[7; 32], 0x0102).derive(b"abcdefgh");
+        assert_eq!(&cid[..2], &[1, 2]);
+        assert_eq!(steering_key(&cid), 0x0102);
+        let other = CidMinter::new(&[7; 32], 9).derive(b"abcdefgh");
+        assert_eq!(cid[2..], other[2..], "the key does not change the MAC part");
+    }
+
+    #[test]
     fn different_secrets_give_different_cids() {
-        let a = CidMinter::new(&[1; 32]).derive(b"abcdefgh");
-        let b = CidMinter::new(&[2; 32]).derive(b"abcdefgh");
+        let a = CidMinter::new(&[1; 32], 0).derive(b"abcdefgh");
+        let b = CidMinter::new(&[2; 32], 0).derive(b"abcdefgh");
         assert_ne!(a, b);
     }
 

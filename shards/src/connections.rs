@@ -16,9 +16,10 @@ use std::time::Instant;
 
 use ahash::AHashMap;
 
-use crate::cid::{as_server_cid, CidMinter, ServerCid, SERVER_CID_LEN};
+use crate::cid::{as_server_cid, steering_key, CidMinter, ServerCid, SERVER_CID_LEN};
 use crate::notify::Notify;
 use crate::stats::ShardStats;
+use crate::udp::SendBatch;
 
 /// Largest datagram we accept or build.
 pub const MAX_DATAGRAM: usize = 65_535;
@@ -86,6 +87,13 @@ pub struct Connections {
     socket: UdpSocket,
     local_addr: SocketAddr,
     next_serial: u64,
+    /// The steering key this shard's connection IDs carry.
+    own_key: u16,
+    /// Largest UDP payload quiche may build (`quic.max_udp_payload_size`).
+    pub max_packet: usize,
+    /// Outgoing packets, coalesced per destination for one segmented send.
+    batch: SendBatch,
+    /// Scratch space for version negotiation packets.
     out: Box<[u8]>,
     /// Cleared on shutdown: Initials for new connections are then dropped.
     pub accepting: bool,
@@ -97,15 +105,21 @@ pub struct Connections {
 /// Where a received datagram goes.
 pub enum Destination {
     Connection(ServerCid),
+    /// A packet of a connection owned by the shard with this steering key.
+    Elsewhere(u16),
     Dropped,
 }
 
 impl Connections {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: quiche::Config,
         h3_config: quiche::h3::Config,
         minter: CidMinter,
+        own_key: u16,
         socket: UdpSocket,
+        gso: bool,
+        max_packet: usize,
         stats: Arc<ShardStats>,
         timer_changed: std::rc::Rc<Notify>,
     ) -> io::Result<Self> {
@@ -120,7 +134,10 @@ impl Connections {
             socket,
             local_addr,
             next_serial: 0,
-            out: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+            own_key,
+            max_packet,
+            batch: SendBatch::new(gso),
+            out: vec![0; 2048].into_boxed_slice(),
             accepting: true,
             stats,
             timer_changed,
@@ -136,13 +153,21 @@ impl Connections {
     }
 
     /// Finds (or, for a valid Initial, creates) the connection a datagram belongs to, and feeds
-    /// the datagram to it.
-    pub fn receive(&mut self, datagram: &mut [u8], from: SocketAddr) -> Destination {
-        self.stats.datagrams_received.incr();
-        self.stats.bytes_received.add(datagram.len() as u64);
-        let cid = match self.classify(datagram, from) {
-            Some(cid) => cid,
-            None => return Destination::Dropped,
+    /// the datagram to it. `handed_off` marks a packet another shard passed on, which is never
+    /// passed on again.
+    pub fn receive(
+        &mut self,
+        datagram: &mut [u8],
+        from: SocketAddr,
+        handed_off: bool,
+    ) -> Destination {
+        if !handed_off {
+            self.stats.datagrams_received.incr();
+            self.stats.bytes_received.add(datagram.len() as u64);
+        }
+        let cid = match self.classify(datagram, from, handed_off) {
+            Ok(cid) => cid,
+            Err(destination) => return destination,
         };
         let Some(conn) = self.table.get_mut(&cid) else {
             return Destination::Dropped;
@@ -177,37 +202,49 @@ impl Connections {
         Destination::Connection(cid)
     }
 
-    fn classify(&mut self, datagram: &mut [u8], from: SocketAddr) -> Option<ServerCid> {
+    fn classify(
+        &mut self,
+        datagram: &mut [u8],
+        from: SocketAddr,
+        handed_off: bool,
+    ) -> Result<ServerCid, Destination> {
         let len = datagram.len();
         let header = match quiche::Header::from_slice(datagram, SERVER_CID_LEN) {
             Ok(h) => h,
             Err(_) => {
                 self.stats.datagrams_dropped_malformed.incr();
-                return None;
+                return Err(Destination::Dropped);
             }
         };
         if let Some(cid) = as_server_cid(&header.dcid) {
             if self.table.contains_key(&cid) {
-                return Some(cid);
+                return Ok(cid);
+            }
+            // Only packets that must carry one of our IDs name their owner: an Initial or 0-RTT
+            // packet may carry the client's own random ID, whose first bytes mean nothing.
+            let carries_our_id = matches!(header.ty, quiche::Type::Short | quiche::Type::Handshake);
+            let key = steering_key(&cid);
+            if carries_our_id && key != self.own_key && !handed_off {
+                return Err(Destination::Elsewhere(key));
             }
         }
         if header.ty != quiche::Type::Initial {
             // Short-header and other packets for connections we do not have: nothing to do.
             self.stats.datagrams_dropped_unknown.incr();
-            return None;
+            return Err(Destination::Dropped);
         }
         if !quiche::version_is_supported(header.version) {
             self.negotiate_version(&header, from);
-            return None;
+            return Err(Destination::Dropped);
         }
         let cid = self.minter.derive(&header.dcid);
         if self.table.contains_key(&cid) {
             // A later Initial of a handshake we already started (split ClientHello).
-            return Some(cid);
+            return Ok(cid);
         }
         if len < MIN_INITIAL_LEN || !self.accepting {
             self.stats.datagrams_dropped_unknown.incr();
-            return None;
+            return Err(Destination::Dropped);
         }
         let scid = quiche::ConnectionId::from_ref(&cid);
         match quiche::accept(&scid, None, self.local_addr, from, &mut self.config) {
@@ -230,12 +267,12 @@ impl Connections {
                         handshake_counted: false,
                     },
                 );
-                Some(cid)
+                Ok(cid)
             }
             Err(e) => {
                 log::debug!("accept from {from} failed: {e}");
                 self.stats.datagrams_dropped_malformed.incr();
-                None
+                Err(Destination::Dropped)
             }
         }
     }
@@ -266,6 +303,7 @@ impl Connections {
 
     /// Sends everything every dirty connection has to send, re-arms its timer, and removes
     /// connections that have closed (waking their streams' tasks so they cancel upstream).
+    /// Consecutive packets to one destination leave in one segmented send.
     pub fn flush(&mut self) {
         while let Some(cid) = self.dirty.pop() {
             let Some(conn) = self.table.get_mut(&cid) else {
@@ -274,21 +312,17 @@ impl Connections {
             conn.dirty = false;
             let mut send_errors = 0;
             loop {
-                match conn.quic.send(&mut self.out) {
-                    Ok((n, info)) => match self.socket.send_to(&self.out[..n], info.to) {
-                        Ok(_) => {
-                            self.stats.datagrams_sent.incr();
-                            self.stats.bytes_sent.add(n as u64);
+                let space = &mut self.batch.space()[..self.max_packet];
+                match conn.quic.send(space) {
+                    Ok((n, info)) => {
+                        if !self.batch.joins(n, info.to) {
+                            send_batch(&mut self.batch, &self.socket, &self.stats, n);
                         }
-                        Err(e) => {
-                            // The packet is lost; QUIC loss recovery resends its frames.
-                            self.stats.datagrams_send_failed.incr();
-                            log::trace!("send to {} failed: {e}", info.to);
-                            if e.kind() == io::ErrorKind::WouldBlock {
-                                break;
-                            }
+                        self.batch.commit(n, info.to);
+                        if !self.batch.has_room(self.max_packet) {
+                            send_batch(&mut self.batch, &self.socket, &self.stats, 0);
                         }
-                    },
+                    }
                     Err(quiche::Error::Done) => break,
                     Err(e) => {
                         log::debug!("quic send: {e}");
@@ -307,6 +341,7 @@ impl Connections {
                 self.arm(cid);
             }
         }
+        send_batch(&mut self.batch, &self.socket, &self.stats, 0);
     }
 
     fn arm(&mut self, cid: ServerCid) {
@@ -437,6 +472,29 @@ impl Connections {
             self.mark_dirty(cid);
         }
         self.flush();
+    }
+}
+
+/// Sends what the batch holds. `pending` bytes just written after it (a packet that could not
+/// join) start the next batch. Refused packets are counted and left to QUIC's loss recovery.
+fn send_batch(batch: &mut SendBatch, socket: &UdpSocket, stats: &ShardStats, pending: usize) {
+    let packets = batch.packets();
+    let bytes = batch.bytes();
+    if packets == 0 {
+        return;
+    }
+    match batch.send(socket, pending) {
+        Ok(()) => {
+            stats.datagrams_sent.add(packets as u64);
+            stats.bytes_sent.add(bytes as u64);
+            if packets > 1 {
+                stats.gso_sends.incr();
+            }
+        }
+        Err(e) => {
+            stats.datagrams_send_failed.add(packets as u64);
+            log::trace!("send failed: {}", e.0);
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod cid;
 pub mod connections;
 pub mod control;
 pub mod forward;
+pub mod handoff;
 pub mod headers;
 mod notify;
 pub mod outlier;
@@ -21,7 +22,9 @@ pub mod router;
 pub mod shard;
 pub mod socket;
 pub mod stats;
+pub mod steering;
 mod streams;
+pub mod udp;
 pub mod upstreams;
 
 pub use control::{ControlMsg, HealthSnapshot};

@@ -39,6 +39,22 @@ pub struct QuicSettings {
     pub connection_window: u64,
     /// Largest UDP payload we send.
     pub max_udp_payload: usize,
+    /// How packets reach the shard that owns their connection (read at startup only).
+    pub steering: SteeringMode,
+    /// bpffs directory where the reuseport group's socket map is shared between processes.
+    pub bpf_pin_dir: PathBuf,
+}
+
+/// How packets are steered to their connection's shard (see `shards::steering`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SteeringMode {
+    /// Kernel steering by connection ID when it can be set up; otherwise the kernel's 4-tuple
+    /// hash and hand-off between this process's shards.
+    Auto,
+    /// Kernel steering by connection ID, or refuse to start.
+    Bpf,
+    /// The kernel's 4-tuple hash and hand-off between shards only.
+    Off,
 }
 
 impl Default for QuicSettings {
@@ -49,6 +65,8 @@ impl Default for QuicSettings {
             stream_window: 1024 * 1024,
             connection_window: 16 * 1024 * 1024,
             max_udp_payload: 1350,
+            steering: SteeringMode::Auto,
+            bpf_pin_dir: PathBuf::from("/sys/fs/bpf/spooky"),
         }
     }
 }

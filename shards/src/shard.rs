@@ -4,8 +4,9 @@
 //! tasks share that state on one thread (so a `RefCell` is enough and never held across an await):
 //! the receive loop, which drains the socket, feeds quiche and starts request tasks; the request
 //! tasks themselves (see [`crate::forward`]); the flusher, which sends what request tasks queued;
-//! and the timer and control loop, which runs quiche timeouts and applies the coordinator's
-//! messages once per tick.
+//! the inbox loop, which takes packets other shards handed off (see [`crate::handoff`]); and the
+//! timer and control loop, which runs quiche timeouts and applies the coordinator's messages once
+//! per tick.
 
 use std::cell::RefCell;
 use std::io;
@@ -25,15 +26,18 @@ use crate::connections::{
 };
 use crate::control::ControlMsg;
 use crate::forward::{self, Job};
+use crate::handoff::{self, Inboxes};
 use crate::headers::{translate_request, ClientInfo};
 use crate::notify::Notify;
 use crate::plan::{ProxyPlan, QuicSettings};
 use crate::stats::ShardStats;
+use crate::udp;
 use crate::upstreams::Upstreams;
 
 /// How often a shard looks at its control channel.
 pub const CONTROL_TICK: Duration = Duration::from_millis(10);
-/// Datagrams handled per wake-up before sending, so replies are not delayed behind a long burst.
+/// Receive calls per wake-up before sending (each may carry many coalesced datagrams), so replies
+/// are not delayed behind a long burst.
 const RECEIVE_BATCH: usize = 64;
 /// Memory glommio registers for io_uring buffers per shard. Kept small: the default asks for more
 /// than an unprivileged memlock limit allows, and our large buffers are our own.
@@ -49,6 +53,9 @@ pub struct ShardSpec {
     pub stats: Arc<ShardStats>,
     /// Secret for connection ID derivation, shared by the shards of a process.
     pub cid_secret: [u8; 32],
+    /// This shard's hand-off inbox, and every shard's inbox address by steering key.
+    pub inbox: UdpSocket,
+    pub inboxes: Inboxes,
 }
 
 /// Why a shard could not start or stopped abnormally.
@@ -129,10 +136,17 @@ fn apply_quic_settings(config: &mut quiche::Config, quic: &QuicSettings) {
     config.set_initial_max_streams_uni(16);
     config.set_max_connection_window(quic.connection_window.max(16 * 1024 * 1024));
     config.set_max_stream_window(quic.stream_window.max(4 * 1024 * 1024));
-    // Packets of one connection must keep reaching this shard's socket; migration would need the
-    // steering that comes with connection IDs naming their shard.
-    config.set_disable_active_migration(true);
+    // Connection IDs name their shard, so a client whose address changes is still served: the
+    // kernel steers by ID, or another shard hands its packets over.
+    config.set_disable_active_migration(false);
+    // quiche keeps one path slot per client address seen and frees none when a client's NAT
+    // rebinds (it reuses the connection ID), and it sizes the slots by this limit: 8 lets a
+    // connection survive 7 address changes.
+    config.set_active_connection_id_limit(MAX_PATHS);
 }
+
+/// Path slots per connection; see [`apply_quic_settings`].
+const MAX_PATHS: u64 = 8;
 
 /// The shard's state, shared by its tasks on one thread.
 pub struct Shard {
@@ -152,6 +166,10 @@ pub struct Shard {
     pending: RefCell<Vec<(StreamKey, Job)>>,
     /// Whether to write an access log line per request (`log.access_log`; changes on reload).
     pub access_log: std::cell::Cell<bool>,
+    /// Where packets of other shards' connections go, and the socket they are sent from.
+    inboxes: Inboxes,
+    inbox: UdpSocket,
+    handoff_buf: RefCell<Box<[u8]>>,
 }
 
 async fn run(spec: ShardSpec) -> Result<(), ShardError> {
@@ -163,21 +181,32 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
         control,
         stats,
         cid_secret,
+        inbox,
+        inboxes,
     } = spec;
     let config = quic_config(&plan)?;
     let h3_config = quiche::h3::Config::new().map_err(|e| ShardError::Tls(e.to_string()))?;
     // Sending and draining use a second descriptor of the same socket, synchronously; glommio's
     // socket is used to sleep until datagrams arrive.
     let sync_socket = socket.try_clone().map_err(ShardError::Socket)?;
+    let gro = udp::enable_gro(&sync_socket);
+    let gso = udp::gso_supported(&sync_socket);
     // SAFETY: `into_raw_fd` gives up ownership of a valid, open UDP socket descriptor, which the
     // glommio socket now owns and closes.
     let wait_socket = unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) };
+    let sync_inbox = inbox.try_clone().map_err(ShardError::Socket)?;
+    // SAFETY: as above, for the inbox socket.
+    let wait_inbox = unsafe { glommio::net::UdpSocket::from_raw_fd(inbox.into_raw_fd()) };
     let timer_changed = Rc::new(Notify::default());
+    let steering_key = cpu as u16;
     let conns = Connections::new(
         config,
         h3_config,
-        CidMinter::new(&cid_secret),
+        CidMinter::new(&cid_secret, steering_key),
+        steering_key,
         sync_socket,
+        gso,
+        plan.quic.max_udp_payload,
         stats.clone(),
         timer_changed.clone(),
     )
@@ -192,15 +221,21 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
         discard: RefCell::new(vec![0; MAX_DATAGRAM].into_boxed_slice()),
         pending: RefCell::new(Vec::new()),
         access_log: std::cell::Cell::new(plan.access_log),
+        inboxes,
+        inbox: sync_inbox,
+        handoff_buf: RefCell::new(vec![0; udp::MAX_BATCH_BYTES].into_boxed_slice()),
     });
     stats.thread_id.set(current_thread_id());
     stats.running.set(1);
     log::info!(
-        "shard {index} serving {} on cpu {cpu}",
-        shard.conns.borrow().local_addr()
+        "shard {index} serving {} on cpu {cpu} (GRO {}, GSO {})",
+        shard.conns.borrow().local_addr(),
+        if gro { "on" } else { "off" },
+        if gso { "on" } else { "off" },
     );
 
     glommio::spawn_local(flusher(shard.clone())).detach();
+    glommio::spawn_local(inbox_loop(shard.clone(), wait_inbox)).detach();
     glommio::spawn_local(timers(shard.clone())).detach();
     let outcome = future::or(
         receive_loop(shard.clone(), wait_socket),
@@ -218,23 +253,58 @@ fn current_thread_id() -> u64 {
 }
 
 async fn receive_loop(shard: Rc<Shard>, socket: glommio::net::UdpSocket) -> Result<(), ShardError> {
+    // Big enough for a whole GRO batch; datagrams are read with recvmsg to learn the segment
+    // size, so glommio only tells us when the socket is readable (a one-byte peek).
+    let mut buf = vec![0u8; udp::MAX_BATCH_BYTES];
+    let mut peek = [0u8; 1];
+    loop {
+        if let Err(e) = socket.peek_from(&mut peek).await {
+            log::warn!("udp receive: {e}");
+            continue;
+        }
+        let mut conns = shard.conns.borrow_mut();
+        for _ in 0..RECEIVE_BATCH {
+            let received = match udp::receive(conns.socket(), &mut buf) {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::debug!("udp receive: {e}");
+                    break;
+                }
+            };
+            for datagram in udp::segments(&mut buf[..received.len], received.segment_size) {
+                shard.on_datagram(&mut conns, datagram, received.from);
+            }
+        }
+        conns.flush();
+        drop(conns);
+        shard.spawn_pending();
+    }
+}
+
+/// Takes packets other shards of this process received for our connections.
+async fn inbox_loop(shard: Rc<Shard>, inbox: glommio::net::UdpSocket) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let (len, from) = match socket.recv_from(&mut buf).await {
+        let (len, sender) = match inbox.recv_from(&mut buf).await {
             Ok(received) => received,
             Err(e) => {
-                log::warn!("udp receive: {e}");
+                log::warn!("hand-off receive: {e}");
                 continue;
             }
         };
+        if !shard.inboxes.is_ours(sender) {
+            log::debug!("hand-off from {sender}, which is not one of our shards: dropped");
+            continue;
+        }
+        let Some((client, packet)) = handoff::decode(&mut buf[..len]) else {
+            continue;
+        };
         let mut conns = shard.conns.borrow_mut();
-        shard.on_datagram(&mut conns, &mut buf[..len], from);
-        for _ in 1..RECEIVE_BATCH {
-            let (len, from) = match conns.socket().recv_from(&mut buf) {
-                Ok(received) => received,
-                Err(_) => break,
-            };
-            shard.on_datagram(&mut conns, &mut buf[..len], from);
+        if let Destination::Connection(cid) = conns.receive(packet, client, true) {
+            shard.process_events(&mut conns, cid);
+        } else {
+            shard.stats.datagrams_dropped_foreign.incr();
         }
         conns.flush();
         drop(conns);
@@ -318,8 +388,29 @@ impl Shard {
         datagram: &mut [u8],
         from: std::net::SocketAddr,
     ) {
-        if let Destination::Connection(cid) = conns.receive(datagram, from) {
-            self.process_events(conns, cid);
+        match conns.receive(datagram, from, false) {
+            Destination::Connection(cid) => self.process_events(conns, cid),
+            Destination::Elsewhere(key) => self.hand_off(key, datagram, from),
+            Destination::Dropped => {}
+        }
+    }
+
+    /// Passes a packet to the shard of this process that owns its connection, if there is one.
+    fn hand_off(&self, key: u16, datagram: &[u8], from: std::net::SocketAddr) {
+        let Some(owner) = self.inboxes.owner(key) else {
+            self.stats.datagrams_dropped_foreign.incr();
+            return;
+        };
+        let mut buf = self.handoff_buf.borrow_mut();
+        let Some(len) = handoff::encode(from, datagram, &mut buf) else {
+            return;
+        };
+        match self.inbox.send_to(&buf[..len], owner) {
+            Ok(_) => self.stats.datagrams_handed_off.incr(),
+            Err(e) => {
+                log::debug!("hand-off to shard with key {key} failed: {e}");
+                self.stats.datagrams_dropped_foreign.incr();
+            }
         }
     }
 
@@ -470,7 +561,11 @@ impl Shard {
     /// flight are untouched.
     fn reload(&self, plan: &ProxyPlan) {
         match quic_config(plan) {
-            Ok(config) => self.conns.borrow_mut().config = config,
+            Ok(config) => {
+                let mut conns = self.conns.borrow_mut();
+                conns.config = config;
+                conns.max_packet = plan.quic.max_udp_payload;
+            }
             Err(e) => {
                 // The coordinator validated the files a moment ago; keep serving with the old
                 // certificate rather than fail new handshakes.

@@ -127,6 +127,13 @@ pub struct ShardStats {
     /// Datagrams the kernel refused to queue for sending (socket buffer full).
     pub datagrams_send_failed: Counter,
     pub version_negotiations: Counter,
+    /// Segmented (GSO) sends, each carrying several datagrams.
+    pub gso_sends: Counter,
+    /// Datagrams passed to the shard that owns their connection (client address changed and
+    /// kernel steering is off).
+    pub datagrams_handed_off: Counter,
+    /// Datagrams for a connection of another process (or a closed one) that no shard here owns.
+    pub datagrams_dropped_foreign: Counter,
     pub connections_accepted: Counter,
     /// Open QUIC connections (gauge).
     pub connections_active: Counter,

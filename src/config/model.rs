@@ -94,6 +94,8 @@ pub struct RawQuic {
     pub stream_window: Option<Int>,
     pub connection_window: Option<Int>,
     pub max_udp_payload_size: Option<Int>,
+    pub steering: Option<String>,
+    pub bpf_pin_dir: Option<String>,
 }
 
 /// The `[upstream.NAME]` tables in the order they appear in the file.

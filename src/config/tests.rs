@@ -862,6 +862,31 @@ fn udp_payload_out_of_range() {
 }
 
 #[test]
+fn steering_settings_are_checked() {
+    let s = Scratch::new();
+    let unknown = edit(
+        &s.full(),
+        "max_udp_payload_size = 1452",
+        "max_udp_payload_size = 1452\nsteering = \"cbpf\"",
+    );
+    assert_problem(
+        &s.problems(&unknown),
+        "quic.steering",
+        "unknown steering `cbpf`; expected \"auto\", \"bpf\" or \"off\"",
+    );
+    let relative = edit(
+        &s.full(),
+        "max_udp_payload_size = 1452",
+        "max_udp_payload_size = 1452\nbpf_pin_dir = \"bpf/spooky\"",
+    );
+    assert_problem(
+        &s.problems(&relative),
+        "quic.bpf_pin_dir",
+        "must be an absolute path",
+    );
+}
+
+#[test]
 fn invalid_log_level() {
     let s = Scratch::new();
     let text = edit(&s.full(), "level = \"debug\"", "level = \"verbose\"");

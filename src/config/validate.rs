@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use log::LevelFilter;
 use shards::plan::{
-    BackendPlan, Balancing, HashKey, HealthCheckPlan, ProxyPlan, QuicSettings, RoutePlan, TlsFiles,
-    UpstreamPlan, UpstreamTimeouts, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
+    BackendPlan, Balancing, HashKey, HealthCheckPlan, ProxyPlan, QuicSettings, RoutePlan,
+    SteeringMode, TlsFiles, UpstreamPlan, UpstreamTimeouts, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
 };
 
 use super::error::Problem;
@@ -567,6 +567,25 @@ fn check_quic(p: &mut Problems, quic: &RawQuic) -> QuicSettings {
         let key = "quic.max_udp_payload_size";
         if let Some(v) = p.in_range(key, v, MIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD, " bytes") {
             q.max_udp_payload = v as usize;
+        }
+    }
+    match quic.steering.as_deref() {
+        None | Some("auto") => {}
+        Some("bpf") => q.steering = SteeringMode::Bpf,
+        Some("off") => q.steering = SteeringMode::Off,
+        Some(other) => p.push(
+            "quic.steering",
+            format!("unknown steering `{other}`; expected \"auto\", \"bpf\" or \"off\""),
+        ),
+    }
+    if let Some(dir) = &quic.bpf_pin_dir {
+        if Path::new(dir).is_absolute() {
+            q.bpf_pin_dir = PathBuf::from(dir);
+        } else {
+            p.push(
+                "quic.bpf_pin_dir",
+                format!("must be an absolute path, got \"{dir}\""),
+            );
         }
     }
     q

@@ -12,6 +12,8 @@ use spooky::{config, ProxySettings, RunningProxy};
 use spooky_bench::backend::{self, BackendHandle, BackendOptions};
 use spooky_bench::client::{ClientOptions, H3Client, Verify};
 
+pub mod process;
+
 /// A fresh directory under the system temp dir, unique per test.
 pub fn scratch_dir(label: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);

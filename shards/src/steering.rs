@@ -1,0 +1,560 @@
+//! Kernel-side steering: every QUIC packet is delivered to the socket of the shard that owns its
+//! connection, across every Spooky process sharing the port.
+//!
+//! Plain `SO_REUSEPORT` picks a socket by hashing the 4-tuple, which breaks as soon as a client's
+//! address changes (migration, NAT rebinding) or the group changes size (a process restarts and
+//! every other process's connections are rehashed). Classic BPF (`SO_ATTACH_REUSEPORT_CBPF`) can
+//! only return a position in the group's socket array, and the kernel reorders that array when a
+//! socket leaves, so positions are not stable across restarts either.
+//!
+//! Instead a small eBPF program (`BPF_PROG_TYPE_SK_REUSEPORT`) reads the steering key from the
+//! destination connection ID (see [`crate::cid`]) and selects the socket stored under that key in
+//! a `REUSEPORT_SOCKARRAY` map. Keys are CPU numbers, which are unique per host because each
+//! process owns its own cores. The map is pinned in bpffs under a name derived from the listen
+//! address, so every process of the group shares it; each process attaches an identical program
+//! that reads the same map, so whichever attached last steers correctly for all. A socket that
+//! closes leaves the map by itself: a restarting process never disturbs the others' entries.
+//! Packets whose key has no socket (a client's first Initial, whose ID it chose at random, or a
+//! connection of a process that has gone) fall back to the kernel's 4-tuple hash.
+//!
+//! Loading needs `CAP_BPF` (or root) and a mounted bpffs; without them the caller falls back to
+//! hashing plus in-process hand-off ([`crate::handoff`]). The program builder is plain data and
+//! unit-tested; the `bpf(2)` calls are the only unsafe code here.
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+/// Highest steering key plus one: the map's size. CPU numbers above this are refused at startup.
+pub const MAX_STEERING_KEYS: u32 = 4096;
+
+const BPF_MAP_CREATE: u32 = 0;
+const BPF_MAP_LOOKUP_ELEM: u32 = 1;
+const BPF_MAP_UPDATE_ELEM: u32 = 2;
+const BPF_MAP_DELETE_ELEM: u32 = 3;
+const BPF_PROG_LOAD: u32 = 5;
+const BPF_OBJ_PIN: u32 = 6;
+const BPF_OBJ_GET: u32 = 7;
+const BPF_MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
+const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
+const BPF_SK_REUSEPORT_SELECT: u32 = 39;
+const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
+
+/// Why steering could not be set up.
+#[derive(Debug)]
+pub enum SteeringError {
+    KeyTooLarge(usize),
+    Map(io::Error),
+    Pin {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Load {
+        source: io::Error,
+        verifier_log: String,
+    },
+    Register {
+        key: u16,
+        source: io::Error,
+    },
+    Attach(io::Error),
+}
+
+impl fmt::Display for SteeringError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SteeringError::KeyTooLarge(cpu) => {
+                write!(
+                    f,
+                    "CPU {cpu} is above the steering limit of {MAX_STEERING_KEYS}"
+                )
+            }
+            SteeringError::Map(e) => write!(f, "cannot create the socket map: {e}"),
+            SteeringError::Pin { path, source } => {
+                write!(
+                    f,
+                    "cannot share the socket map at {}: {source}",
+                    path.display()
+                )
+            }
+            SteeringError::Load {
+                source,
+                verifier_log,
+            } => {
+                write!(f, "cannot load the steering program: {source}")?;
+                if !verifier_log.is_empty() {
+                    write!(f, " (verifier: {verifier_log})")?;
+                }
+                Ok(())
+            }
+            SteeringError::Register { key, source } => {
+                write!(f, "cannot register the socket for key {key}: {source}")
+            }
+            SteeringError::Attach(e) => write!(f, "cannot attach the steering program: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SteeringError {}
+
+/// Steering in place for one process's sockets. Keeps the map and program alive; the kernel
+/// keeps the attached program alive with the group.
+pub struct Steering {
+    map: OwnedFd,
+    _program: OwnedFd,
+    pin_path: PathBuf,
+    keys: Vec<u16>,
+}
+
+impl Steering {
+    /// Shares (or creates) the group's map under `pin_dir`, registers each socket under its key,
+    /// and attaches the steering program to the group.
+    pub fn attach(
+        sockets: &[&UdpSocket],
+        keys: &[usize],
+        pin_dir: &Path,
+    ) -> Result<Steering, SteeringError> {
+        let keys: Vec<u16> = keys
+            .iter()
+            .map(|&cpu| {
+                if cpu < MAX_STEERING_KEYS as usize {
+                    Ok(cpu as u16)
+                } else {
+                    Err(SteeringError::KeyTooLarge(cpu))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let local = sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .ok_or_else(|| SteeringError::Attach(io::Error::other("no bound socket")))?;
+        // bpffs allows directories; making ours here spares root users a setup step. Without
+        // the permission the pin below fails with a clear error.
+        let _ = std::fs::create_dir_all(pin_dir);
+        let pin_path = pin_dir.join(pin_name(local));
+        let map = open_or_create_map(&pin_path)?;
+        let program = load_program(map.as_raw_fd())?;
+        for (socket, key) in sockets.iter().zip(&keys) {
+            map_update(map.as_raw_fd(), u32::from(*key), socket.as_raw_fd() as u64)
+                .map_err(|source| SteeringError::Register { key: *key, source })?;
+        }
+        let prog_fd: libc::c_int = program.as_raw_fd();
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid pointer to a c_int;
+        // the socket descriptor is open for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                sockets[0].as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_ATTACH_REUSEPORT_EBPF,
+                (&prog_fd as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(SteeringError::Attach(io::Error::last_os_error()));
+        }
+        Ok(Steering {
+            map,
+            _program: program,
+            pin_path,
+            keys,
+        })
+    }
+
+    /// Where the shared map is pinned.
+    pub fn pin_path(&self) -> &Path {
+        &self.pin_path
+    }
+
+    /// Withdraws this process's sockets from the map, and removes the pinned map when no other
+    /// process has sockets in it, so a port that is no longer served leaves nothing behind. Call
+    /// once the shards have stopped.
+    pub fn release(self) {
+        for key in &self.keys {
+            let _ = map_delete(self.map.as_raw_fd(), u32::from(*key));
+        }
+        let in_use: Vec<u32> = (0..MAX_STEERING_KEYS)
+            .filter(|&key| map_has(self.map.as_raw_fd(), key))
+            .collect();
+        if in_use.is_empty() {
+            let _ = std::fs::remove_file(&self.pin_path);
+        } else {
+            log::debug!(
+                "socket map {} still has sockets for keys {in_use:?}; kept",
+                self.pin_path.display()
+            );
+        }
+    }
+}
+
+/// The pin file name for a listen address: one map per reuseport group.
+pub fn pin_name(addr: SocketAddr) -> String {
+    let ip: String = addr
+        .ip()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("spooky_udp_{ip}_{}", addr.port())
+}
+
+/// One eBPF instruction, as the kernel reads it (`struct bpf_insn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct Insn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: (src << 4) | dst,
+        off,
+        imm,
+    }
+}
+
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const R3: u8 = 3;
+const R4: u8 = 4;
+const R5: u8 = 5;
+const R6: u8 = 6;
+const R7: u8 = 7;
+const FP: u8 = 10;
+
+fn mov_reg(dst: u8, src: u8) -> Insn {
+    insn(0xbf, dst, src, 0, 0)
+}
+fn mov_imm(dst: u8, imm: i32) -> Insn {
+    insn(0xb7, dst, 0, 0, imm)
+}
+fn add_imm(dst: u8, imm: i32) -> Insn {
+    insn(0x07, dst, 0, 0, imm)
+}
+fn and_imm(dst: u8, imm: i32) -> Insn {
+    insn(0x57, dst, 0, 0, imm)
+}
+fn lsh_imm(dst: u8, imm: i32) -> Insn {
+    insn(0x67, dst, 0, 0, imm)
+}
+fn or_reg(dst: u8, src: u8) -> Insn {
+    insn(0x4f, dst, src, 0, 0)
+}
+fn load_byte(dst: u8, src: u8, off: i16) -> Insn {
+    insn(0x71, dst, src, off, 0)
+}
+fn store_word(dst: u8, off: i16, src: u8) -> Insn {
+    insn(0x63, dst, src, off, 0)
+}
+fn call(helper: i32) -> Insn {
+    insn(0x85, 0, 0, 0, helper)
+}
+fn exit() -> Insn {
+    insn(0x95, 0, 0, 0, 0)
+}
+fn map_fd_load(dst: u8, fd: RawFd) -> [Insn; 2] {
+    // BPF_LD | BPF_IMM | BPF_DW with src = BPF_PSEUDO_MAP_FD: a 16-byte instruction.
+    [insn(0x18, dst, 1, 0, fd), insn(0, 0, 0, 0, 0)]
+}
+
+/// Jumps are built with symbolic targets and resolved once the program is laid out.
+enum Step {
+    Op(Insn),
+    Jump {
+        code: u8,
+        reg: u8,
+        imm: i32,
+        to: Label,
+    },
+    Here(Label),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Label {
+    Pass,
+    ShortHeader,
+    Select,
+}
+
+const HELPER_SKB_LOAD_BYTES: i32 = 26;
+const HELPER_SK_SELECT_REUSEPORT: i32 = 82;
+const JA: u8 = 0x05;
+const JEQ_IMM: u8 = 0x15;
+const JNE_IMM: u8 = 0x55;
+const JLT_IMM: u8 = 0xa5;
+/// The UDP header precedes the QUIC packet in the program's view of the datagram.
+const UDP_HEADER_LEN: i32 = 8;
+const SK_PASS: i32 = 1;
+
+/// The steering program for the map whose descriptor is `map_fd`.
+///
+/// Reads the first 8 bytes of the QUIC packet. A short header (first bit 0) carries the
+/// destination ID from byte 1; a long header carries its length at byte 5 and the ID from byte
+/// 6. The first two ID bytes are the key. Any failure returns `SK_PASS` without a selection, which
+/// makes the kernel fall back to its hash.
+pub fn program(map_fd: RawFd) -> Vec<Insn> {
+    use Label::*;
+    let mut steps = vec![
+        Step::Op(mov_reg(R6, R1)),
+        Step::Op(mov_reg(R1, R6)),
+        Step::Op(mov_imm(R2, UDP_HEADER_LEN)),
+        Step::Op(mov_reg(R3, FP)),
+        Step::Op(add_imm(R3, -8)),
+        Step::Op(mov_imm(R4, 8)),
+        Step::Op(call(HELPER_SKB_LOAD_BYTES)),
+        Step::Jump {
+            code: JNE_IMM,
+            reg: R0,
+            imm: 0,
+            to: Pass,
+        },
+        Step::Op(load_byte(R2, FP, -8)),
+        Step::Op(and_imm(R2, 0x80)),
+        Step::Jump {
+            code: JEQ_IMM,
+            reg: R2,
+            imm: 0,
+            to: ShortHeader,
+        },
+        // Long header: destination ID length, then the ID.
+        Step::Op(load_byte(R4, FP, -3)),
+        Step::Jump {
+            code: JLT_IMM,
+            reg: R4,
+            imm: 2,
+            to: Pass,
+        },
+        Step::Op(load_byte(R5, FP, -2)),
+        Step::Op(lsh_imm(R5, 8)),
+        Step::Op(load_byte(R7, FP, -1)),
+        Step::Op(or_reg(R5, R7)),
+        Step::Jump {
+            code: JA,
+            reg: 0,
+            imm: 0,
+            to: Select,
+        },
+        Step::Here(ShortHeader),
+        Step::Op(load_byte(R5, FP, -7)),
+        Step::Op(lsh_imm(R5, 8)),
+        Step::Op(load_byte(R7, FP, -6)),
+        Step::Op(or_reg(R5, R7)),
+        Step::Here(Select),
+        Step::Op(store_word(FP, -16, R5)),
+        Step::Op(mov_reg(R1, R6)),
+    ];
+    for op in map_fd_load(R2, map_fd) {
+        steps.push(Step::Op(op));
+    }
+    steps.extend([
+        Step::Op(mov_reg(R3, FP)),
+        Step::Op(add_imm(R3, -16)),
+        Step::Op(mov_imm(R4, 0)),
+        Step::Op(call(HELPER_SK_SELECT_REUSEPORT)),
+        Step::Here(Pass),
+        Step::Op(mov_imm(R0, SK_PASS)),
+        Step::Op(exit()),
+    ]);
+    assemble(&steps)
+}
+
+fn assemble(steps: &[Step]) -> Vec<Insn> {
+    let mut positions = Vec::new();
+    let mut at = 0i16;
+    for step in steps {
+        match step {
+            Step::Here(label) => positions.push((*label, at)),
+            _ => at += 1,
+        }
+    }
+    let position = |label: Label| {
+        positions
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, at)| *at)
+            .expect("every jump target is placed")
+    };
+    let mut out = Vec::new();
+    for step in steps {
+        match step {
+            Step::Op(op) => out.push(*op),
+            Step::Jump { code, reg, imm, to } => {
+                let next = out.len() as i16 + 1;
+                out.push(insn(*code, *reg, 0, position(*to) - next, *imm));
+            }
+            Step::Here(_) => {}
+        }
+    }
+    out
+}
+
+fn bpf(cmd: u32, attr: &mut [u64; 16]) -> io::Result<i64> {
+    // SAFETY: `attr` is a zero-initialised 128-byte buffer laid out as the kernel's `union
+    // bpf_attr` for `cmd`; every pointer stored in it refers to memory that outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn owned_fd(fd: i64) -> OwnedFd {
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+}
+
+fn open_or_create_map(pin_path: &Path) -> Result<OwnedFd, SteeringError> {
+    let path = CString::new(pin_path.as_os_str().as_encoded_bytes())
+        .map_err(|e| SteeringError::Map(io::Error::other(e)))?;
+    let get = || {
+        let mut attr = [0u64; 16];
+        attr[0] = path.as_ptr() as u64;
+        bpf(BPF_OBJ_GET, &mut attr).map(owned_fd)
+    };
+    match get() {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(SteeringError::Pin {
+                path: pin_path.into(),
+                source,
+            })
+        }
+    }
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY) | (4u64 << 32);
+    attr[1] = 8 | (u64::from(MAX_STEERING_KEYS) << 32);
+    let map = bpf(BPF_MAP_CREATE, &mut attr)
+        .map(owned_fd)
+        .map_err(SteeringError::Map)?;
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = map.as_raw_fd() as u64;
+    match bpf(BPF_OBJ_PIN, &mut attr) {
+        Ok(_) => Ok(map),
+        // Another process pinned its map first: use that one, so the group shares one map.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            get().map_err(|source| SteeringError::Pin {
+                path: pin_path.into(),
+                source,
+            })
+        }
+        Err(source) => Err(SteeringError::Pin {
+            path: pin_path.into(),
+            source,
+        }),
+    }
+}
+
+fn load_program(map_fd: RawFd) -> Result<OwnedFd, SteeringError> {
+    let insns = program(map_fd);
+    let license = c"Apache-2.0";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(BPF_PROG_TYPE_SK_REUSEPORT) | ((insns.len() as u64) << 32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[3] = 1 | ((log.len() as u64) << 32);
+    attr[4] = log.as_mut_ptr() as u64;
+    // expected_attach_type sits at byte offset 68: the high half of word 8.
+    attr[8] = u64::from(BPF_SK_REUSEPORT_SELECT) << 32;
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => Ok(owned_fd(fd)),
+        Err(source) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            Err(SteeringError::Load {
+                source,
+                verifier_log: String::from_utf8_lossy(&log[..end]).trim().to_string(),
+            })
+        }
+    }
+}
+
+fn map_update(map_fd: RawFd, key: u32, value: u64) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    attr[0] = map_fd as u64;
+    attr[1] = (&key as *const u32) as u64;
+    attr[2] = (&value as *const u64) as u64;
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+fn map_delete(map_fd: RawFd, key: u32) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    attr[0] = map_fd as u64;
+    attr[1] = (&key as *const u32) as u64;
+    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
+}
+
+fn map_has(map_fd: RawFd, key: u32) -> bool {
+    let mut value = 0u64;
+    let mut attr = [0u64; 16];
+    attr[0] = map_fd as u64;
+    attr[1] = (&key as *const u32) as u64;
+    attr[2] = (&mut value as *mut u64) as u64;
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(program: &[Insn], at: usize) -> usize {
+        (at as i64 + 1 + i64::from(program[at].off)) as usize
+    }
+
+    #[test]
+    fn jumps_land_on_their_labels() {
+        let p = program(7);
+        // Every conditional jump and the unconditional one resolve inside the program.
+        let jumps: Vec<usize> = (0..p.len())
+            .filter(|&i| matches!(p[i].code, JA | JEQ_IMM | JNE_IMM | JLT_IMM))
+            .collect();
+        assert_eq!(jumps.len(), 4);
+        let pass = p.len() - 2;
+        assert_eq!(p[pass], mov_imm(R0, SK_PASS));
+        assert_eq!(target(&p, jumps[0]), pass, "load failure passes");
+        assert_eq!(target(&p, jumps[2]), pass, "short long-header ID passes");
+        // The short-header branch starts by reading ID byte 0 (packet byte 1).
+        assert_eq!(p[target(&p, jumps[1])], load_byte(R5, FP, -7));
+        // The long-header branch joins at the key store.
+        assert_eq!(p[target(&p, jumps[3])], store_word(FP, -16, R5));
+        assert_eq!(p[p.len() - 1], exit());
+    }
+
+    #[test]
+    fn map_descriptor_is_a_wide_load() {
+        let p = program(42);
+        let at = p.iter().position(|i| i.code == 0x18).unwrap();
+        assert_eq!(p[at].imm, 42);
+        assert_eq!(p[at].regs >> 4, 1, "BPF_PSEUDO_MAP_FD");
+        assert_eq!(p[at + 1], insn(0, 0, 0, 0, 0));
+    }
+
+    #[test]
+    fn pin_names_are_file_names() {
+        assert_eq!(
+            pin_name("127.0.0.1:443".parse().unwrap()),
+            "spooky_udp_127_0_0_1_443"
+        );
+        assert_eq!(
+            pin_name("[::1]:8443".parse().unwrap()),
+            "spooky_udp___1_8443"
+        );
+    }
+}
