@@ -46,6 +46,24 @@ pub struct BackendOptions {
     pub name: String,
     /// SETTINGS_MAX_CONCURRENT_STREAMS to advertise (h2's default when `None`).
     pub max_concurrent_streams: Option<u32>,
+    /// Tokio worker threads.
+    pub threads: usize,
+    /// Keep every request path for [`BackendHandle::requests_for`]; off for benchmarks, where
+    /// the list would grow without bound.
+    pub record_paths: bool,
+}
+
+impl BackendOptions {
+    /// A backend for tests: two worker threads, paths recorded.
+    pub fn new(listen: SocketAddr, name: &str) -> BackendOptions {
+        BackendOptions {
+            listen,
+            name: name.to_string(),
+            max_concurrent_streams: None,
+            threads: 2,
+            record_paths: true,
+        }
+    }
 }
 
 #[derive(Default, Debug)]
@@ -129,7 +147,7 @@ impl Drop for BackendHandle {
 /// Starts a backend; returns once it is listening.
 pub fn start(options: BackendOptions) -> io::Result<BackendHandle> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(options.threads.max(1))
         .enable_all()
         .build()?;
     let listener = runtime.block_on(TcpListener::bind(options.listen))?;
@@ -141,6 +159,7 @@ pub fn start(options: BackendOptions) -> io::Result<BackendHandle> {
         name: options.name.clone(),
         counters: counters.clone(),
         paths: paths.clone(),
+        record_paths: options.record_paths,
     });
     let max_streams = options.max_concurrent_streams;
     let thread = std::thread::Builder::new()
@@ -163,6 +182,7 @@ struct Context {
     name: String,
     counters: Arc<Counters>,
     paths: Arc<Mutex<Vec<String>>>,
+    record_paths: bool,
 }
 
 async fn accept_loop(
@@ -207,8 +227,10 @@ async fn serve_connection(
         tokio::spawn(async move {
             context.counters.requests.fetch_add(1, Ordering::SeqCst);
             context.counters.in_flight.fetch_add(1, Ordering::SeqCst);
-            if let Ok(mut paths) = context.paths.lock() {
-                paths.push(request.uri().path().to_string());
+            if context.record_paths {
+                if let Ok(mut paths) = context.paths.lock() {
+                    paths.push(request.uri().path().to_string());
+                }
             }
             let result = handle(request, respond, &context).await;
             context.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -300,6 +322,19 @@ async fn handle(
             send.send_trailers(trailers)
         }
         ("echo", None) => echo(request, respond, context).await,
+        ("_stats", None) => {
+            // Lets a benchmark read the backend's own cost without access to its process.
+            let cpu = crate::matrix::procstat::cpu_seconds(std::process::id()).unwrap_or(-1.0);
+            let body = format!(
+                "{{\"cpu_seconds\": {cpu:.3}, \"requests\": {}}}",
+                context.counters.requests.load(Ordering::SeqCst)
+            );
+            let mut head = response(200, context);
+            head.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            let mut send = respond.send_response(head, false)?;
+            send.send_data(Bytes::from(body), true)
+        }
         ("headers", None) => {
             let (parts, body) = request.into_parts();
             drain(body).await?;

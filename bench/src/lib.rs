@@ -1,6 +1,9 @@
-//! Spooky's test and benchmark tools: an HTTP/3 client ([`client`]) and an HTTP/2 test backend
-//! ([`backend`]), used by the integration tests and by the `spooky-bench` command.
+//! Spooky's test and benchmark tools: an HTTP/3 client ([`client`]), an HTTP/2 test backend
+//! ([`backend`]), the load generator ([`load`]) and the benchmark matrix ([`matrix`]), used by the
+//! integration tests and by the `spooky-bench` command.
 
 pub mod backend;
 pub mod client;
+pub mod load;
+pub mod matrix;
 pub mod pickcost;

@@ -8,14 +8,24 @@ use std::time::Duration;
 
 use spooky_bench::backend::{self, BackendOptions};
 use spooky_bench::client::{Body, ClientOptions, H3Client, Request, Verify};
+use spooky_bench::load::LoadOptions;
+use spooky_bench::matrix::MatrixOptions;
 
 const USAGE: &str = "\
 usage:
   spooky-bench get URL [--method M] [--data-file FILE] [--header 'name: value']...
                        [--insecure | --ca FILE] [--output FILE] [--include]
-  spooky-bench backend --listen ADDR [--name NAME] [--max-streams N]
-  spooky-bench idle URL --connections N --hold SECONDS [--insecure | --ca FILE]
-                       open N QUIC connections (handshake only), keep them for SECONDS
+  spooky-bench backend --listen ADDR [--name NAME] [--max-streams N] [--threads N]
+                       /bytes/N, /echo, /_stats (this process's CPU seconds) and more
+  spooky-bench load URL (--duration S | --requests N | --idle-hold S)
+                       [--connections N] [--streams N] [--rate R] [--threads N]
+                       [--method M] [--body-size BYTES] [--path P]... [--header 'n: v']...
+                       [--handshake-only] [--warmup S] [--timeout S]
+                       [--insecure | --ca FILE] [--json FILE]
+                       HTTP/3 load (https://) or HTTP/2 cleartext load (http://)
+  spooky-bench matrix --spooky PATH [--out DIR] [--duration S] [--proxy-cpu N]
+                       [--idle-connections N] [--no-caddy]
+                       the benchmark scenarios against Spooky, Caddy and the backend; report
   spooky-bench pick-cost [--backends N]
                        ns per backend pick for each load-balancing type";
 
@@ -25,13 +35,16 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("get") => get(&args[1..]),
         Some("backend") => run_backend(&args[1..]),
-        Some("idle") => idle(&args[1..]),
+        Some("load") => load(&args[1..]),
+        Some("matrix") => matrix(&args[1..]),
         Some("pick-cost") => pick_cost(&args[1..]),
         Some("--help" | "-h") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        _ => Err(Failure::Usage("expected a command: get or backend".into())),
+        _ => Err(Failure::Usage(
+            "expected a command: get, backend, load, matrix or pick-cost".into(),
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,6 +178,7 @@ fn run_backend(args: &[String]) -> Result<(), Failure> {
     let mut listen = None;
     let mut name = "backend".to_string();
     let mut max_streams = None;
+    let mut threads = 1usize;
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--listen" => {
@@ -181,6 +195,7 @@ fn run_backend(args: &[String]) -> Result<(), Failure> {
                     Failure::Usage(format!("--max-streams {raw:?} is not a number"))
                 })?);
             }
+            "--threads" => threads = number(value(&mut iter, arg)?, arg)?,
             other => return Err(Failure::Usage(format!("unknown option {other:?}"))),
         }
     }
@@ -189,6 +204,8 @@ fn run_backend(args: &[String]) -> Result<(), Failure> {
         listen,
         name,
         max_concurrent_streams: max_streams,
+        threads,
+        record_paths: false,
     })
     .map_err(|e| Failure::Run(format!("cannot listen on {listen}: {e}")))?;
     println!("listening on {}", handle.addr());
@@ -197,51 +214,114 @@ fn run_backend(args: &[String]) -> Result<(), Failure> {
     }
 }
 
-/// Opens many connections and keeps them open: for measuring memory per idle connection.
-fn idle(args: &[String]) -> Result<(), Failure> {
+fn number<T: std::str::FromStr>(raw: &str, flag: &str) -> Result<T, Failure> {
+    raw.parse()
+        .map_err(|_| Failure::Usage(format!("{flag} {raw:?} is not a valid number")))
+}
+
+fn seconds(raw: &str, flag: &str) -> Result<Duration, Failure> {
+    let s: f64 = number(raw, flag)?;
+    if !(s.is_finite() && s >= 0.0) {
+        return Err(Failure::Usage(format!("{flag} needs a number of seconds")));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn load(args: &[String]) -> Result<(), Failure> {
     let mut iter = args.iter();
     let mut url = None;
-    let mut connections = 100usize;
-    let mut hold = 10u64;
-    let mut verify = None;
+    let mut options = LoadOptions::new("");
+    let mut json: Option<PathBuf> = None;
     while let Some(arg) = iter.next() {
         match arg.as_str() {
-            "--connections" => {
-                connections = value(&mut iter, arg)?
-                    .parse()
-                    .map_err(|_| Failure::Usage("--connections needs a number".into()))?
+            "--connections" | "-c" => options.connections = number(value(&mut iter, arg)?, arg)?,
+            "--streams" | "-s" => options.streams = number(value(&mut iter, arg)?, arg)?,
+            "--duration" | "-d" => options.duration = Some(seconds(value(&mut iter, arg)?, arg)?),
+            "--requests" | "-n" => options.requests = Some(number(value(&mut iter, arg)?, arg)?),
+            "--rate" | "-r" => options.rate = Some(number(value(&mut iter, arg)?, arg)?),
+            "--threads" | "-t" => options.threads = number(value(&mut iter, arg)?, arg)?,
+            "--method" | "-X" => options.method = value(&mut iter, arg)?.clone(),
+            "--body-size" => options.body_size = number(value(&mut iter, arg)?, arg)?,
+            "--path" => options.paths.push(value(&mut iter, arg)?.clone()),
+            "--header" | "-H" => {
+                let raw = value(&mut iter, arg)?;
+                let (name, v) = raw
+                    .split_once(':')
+                    .ok_or_else(|| Failure::Usage(format!("header {raw:?} needs 'name: value'")))?;
+                options
+                    .headers
+                    .push((name.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
-            "--hold" => {
-                hold = value(&mut iter, arg)?
-                    .parse()
-                    .map_err(|_| Failure::Usage("--hold needs seconds".into()))?
-            }
-            "--insecure" | "-k" => verify = Some(Verify::Insecure),
-            "--ca" => verify = Some(Verify::Ca(PathBuf::from(value(&mut iter, arg)?))),
-            other if !other.starts_with('-') && url.is_none() => url = Some(arg),
+            "--handshake-only" => options.handshake_only = true,
+            "--idle-hold" => options.idle_hold = Some(seconds(value(&mut iter, arg)?, arg)?),
+            "--warmup" => options.warmup = Some(seconds(value(&mut iter, arg)?, arg)?),
+            "--timeout" => options.request_timeout = seconds(value(&mut iter, arg)?, arg)?,
+            "--insecure" | "-k" => options.verify = Verify::Insecure,
+            "--ca" => options.verify = Verify::Ca(PathBuf::from(value(&mut iter, arg)?)),
+            "--json" => json = Some(PathBuf::from(value(&mut iter, arg)?)),
+            other if !other.starts_with('-') && url.is_none() => url = Some(arg.clone()),
             other => return Err(Failure::Usage(format!("unknown option {other:?}"))),
         }
     }
-    let url = url.ok_or_else(|| Failure::Usage("idle needs a URL".into()))?;
-    let (host, port, _) = parse_url(url)?;
-    let verify = verify.ok_or_else(|| Failure::Usage("give --ca FILE (or --insecure)".into()))?;
-    let server = resolve(&host, port)?;
-    let mut open = Vec::with_capacity(connections);
-    for i in 0..connections {
-        let client = H3Client::connect(ClientOptions {
-            server,
-            server_name: host.clone(),
-            verify: verify.clone(),
-            timeout: Duration::from_secs(hold + 30),
-        })
-        .map_err(|e| Failure::Run(format!("connection {i}: {e}")))?;
-        open.push(client);
+    options.url = url.ok_or_else(|| Failure::Usage("load needs a URL".into()))?;
+    let report = spooky_bench::load::run(&options).map_err(Failure::Run)?;
+    print!("{}", spooky_bench::load::table(&report));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::Run(format!("encoding the report: {e}")))?;
+        std::fs::write(&path, text)
+            .map_err(|e| Failure::Run(format!("writing {}: {e}", path.display())))?;
     }
-    println!("{connections} connections open; holding for {hold} s");
-    std::thread::sleep(Duration::from_secs(hold));
-    for client in open {
-        client.close();
+    Ok(())
+}
+
+fn matrix(args: &[String]) -> Result<(), Failure> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut options = MatrixOptions {
+        spooky: PathBuf::new(),
+        out_dir: spooky_bench::matrix::default_out_dir(),
+        duration: Duration::from_secs(10),
+        proxy_cpu: cpus.saturating_sub(1),
+        load_cpus: Vec::new(),
+        idle_connections: 10_000,
+        skip_caddy: false,
+        command: std::iter::once("spooky-bench".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--spooky" => options.spooky = PathBuf::from(value(&mut iter, arg)?),
+            "--out" => options.out_dir = PathBuf::from(value(&mut iter, arg)?),
+            "--duration" => options.duration = seconds(value(&mut iter, arg)?, arg)?,
+            "--proxy-cpu" => options.proxy_cpu = number(value(&mut iter, arg)?, arg)?,
+            "--idle-connections" => options.idle_connections = number(value(&mut iter, arg)?, arg)?,
+            "--no-caddy" => options.skip_caddy = true,
+            other => return Err(Failure::Usage(format!("unknown option {other:?}"))),
+        }
     }
+    if options.spooky.as_os_str().is_empty() {
+        return Err(Failure::Usage("matrix needs --spooky PATH".into()));
+    }
+    if options.proxy_cpu >= cpus {
+        return Err(Failure::Usage(format!(
+            "--proxy-cpu {} is not one of this machine's {cpus} CPUs",
+            options.proxy_cpu
+        )));
+    }
+    options.load_cpus = (0..cpus).filter(|c| *c != options.proxy_cpu).collect();
+    if options.load_cpus.is_empty() {
+        // One CPU: everything shares it; the report says so in its notes.
+        options.load_cpus.push(options.proxy_cpu);
+    }
+    let report = spooky_bench::matrix::run(&options).map_err(Failure::Run)?;
+    println!("{report}");
+    println!(
+        "report written to {}",
+        options.out_dir.join("report.md").display()
+    );
     Ok(())
 }
 

@@ -5,12 +5,7 @@ use sha2::{Digest, Sha256};
 use spooky_bench::backend::{self, pattern_sha256, BackendHandle, BackendOptions};
 
 fn start() -> BackendHandle {
-    backend::start(BackendOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        name: "t".into(),
-        max_concurrent_streams: None,
-    })
-    .unwrap()
+    backend::start(BackendOptions::new("127.0.0.1:0".parse().unwrap(), "t")).unwrap()
 }
 
 struct Reply {

@@ -32,9 +32,8 @@ pub fn start_backend(name: &str) -> BackendHandle {
 
 pub fn start_backend_with(name: &str, max_concurrent_streams: Option<u32>) -> BackendHandle {
     backend::start(BackendOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        name: name.to_string(),
         max_concurrent_streams,
+        ..BackendOptions::new("127.0.0.1:0".parse().unwrap(), name)
     })
     .expect("start backend")
 }

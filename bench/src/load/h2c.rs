@@ -1,0 +1,290 @@
+//! The HTTP/2 cleartext loader thread, for the direct-to-backend baseline: the same load as the
+//! HTTP/3 loader, sent straight to an h2c server, so a report can show what a proxy adds.
+//!
+//! Each thread runs a current-thread tokio runtime with its share of connections. Closed loop:
+//! one task per stream slot sends a request as soon as its last one finished. Open loop: a
+//! pacing thread (nanosecond sleeps; tokio's timers round to milliseconds) hands due times to a
+//! dispatcher, which starts each request on the next connection.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use tokio::net::TcpStream;
+
+use super::poller::precise_timers;
+use super::schedule::Pacer;
+use super::stats::{ErrorKind, Recorder};
+use super::ThreadPlan;
+use crate::backend::pattern_byte;
+
+const BODY_CHUNK: usize = 64 * 1024;
+
+pub(crate) fn run_thread(plan: ThreadPlan) -> Result<Recorder, String> {
+    precise_timers();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, drive(plan))
+}
+
+struct Shared {
+    plan: ThreadPlan,
+    recorder: RefCell<Recorder>,
+    issued: Cell<u64>,
+    body: Bytes,
+}
+
+impl Shared {
+    /// Claims the next request, unless the run is over.
+    fn claim(&self) -> bool {
+        let now = Instant::now();
+        if self.plan.stop_at.is_some_and(|t| now >= t)
+            || self.plan.requests.is_some_and(|n| self.issued.get() >= n)
+        {
+            return false;
+        }
+        self.issued.set(self.issued.get() + 1);
+        true
+    }
+
+    fn start_recording_if_due(&self) {
+        let mut recorder = self.recorder.borrow_mut();
+        if !recorder.recording && Instant::now() >= self.plan.record_from {
+            recorder.recording = true;
+        }
+    }
+}
+
+async fn drive(plan: ThreadPlan) -> Result<Recorder, String> {
+    let recording = plan.record_from <= plan.start;
+    let shared = Rc::new(Shared {
+        body: (0..BODY_CHUNK as u64 + 251)
+            .map(pattern_byte)
+            .collect::<Vec<u8>>()
+            .into(),
+        recorder: RefCell::new(Recorder {
+            recording,
+            ..Recorder::default()
+        }),
+        issued: Cell::new(0),
+        plan,
+    });
+    let mut senders = Vec::new();
+    for _ in 0..shared.plan.connections {
+        senders.push(connect(&shared.plan).await?);
+    }
+    let mut tasks = Vec::new();
+    if let Some(rate) = shared.plan.rate {
+        let mut timer = PreciseTimer::new().map_err(|e| format!("timerfd: {e}"))?;
+        let mut pacer = Pacer::new(shared.plan.start, rate);
+        let mut due = std::collections::VecDeque::new();
+        let mut next = 0;
+        let mut path = 0;
+        'pacing: loop {
+            timer
+                .sleep_until(pacer.next_due())
+                .await
+                .map_err(|e| format!("timerfd: {e}"))?;
+            pacer.take_due(Instant::now(), &mut due);
+            while let Some(at) = due.pop_front() {
+                if !shared.claim() {
+                    break 'pacing;
+                }
+                let sender = senders[next].clone();
+                next = (next + 1) % senders.len();
+                let request_path = shared.plan.target.paths[path].clone();
+                path = (path + 1) % shared.plan.target.paths.len();
+                tasks.push(tokio::task::spawn_local(timed_request(
+                    shared.clone(),
+                    sender,
+                    request_path,
+                    at,
+                )));
+            }
+        }
+    } else {
+        for sender in &senders {
+            for slot in 0..shared.plan.options.streams {
+                let shared = shared.clone();
+                let sender = sender.clone();
+                tasks.push(tokio::task::spawn_local(async move {
+                    let paths = &shared.plan.target.paths;
+                    let mut path = slot % paths.len();
+                    while shared.claim() {
+                        let request_path = paths[path].clone();
+                        path = (path + 1) % paths.len();
+                        timed_request(shared.clone(), sender.clone(), request_path, Instant::now())
+                            .await;
+                    }
+                }));
+            }
+        }
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    drop(senders);
+    let recorder = std::mem::take(&mut *shared.recorder.borrow_mut());
+    Ok(recorder)
+}
+
+/// A timer with nanosecond resolution inside tokio (whose own timers round to milliseconds,
+/// which would send open-loop requests late): a timerfd awaited through the runtime's reactor.
+struct PreciseTimer {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl PreciseTimer {
+    fn new() -> std::io::Result<PreciseTimer> {
+        // SAFETY: timerfd_create has no memory preconditions; a non-negative result is a new
+        // descriptor that we own.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: see above.
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: the OwnedFd is a valid, open timerfd and stays owned (and open) by the
+        // AsyncFd for its whole lifetime.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(owned) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(PreciseTimer { fd })
+    }
+
+    async fn sleep_until(&mut self, deadline: Instant) -> std::io::Result<()> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Ok(());
+        }
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: wait.as_secs() as libc::time_t,
+                tv_nsec: wait.subsec_nanos() as libc::c_long,
+            },
+        };
+        use std::os::fd::AsRawFd;
+        let raw = self.fd.get_ref().as_raw_fd();
+        // SAFETY: `spec` is a valid itimerspec; a null old value is allowed.
+        if unsafe { libc::timerfd_settime(raw, 0, &spec, std::ptr::null_mut()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut expirations = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into an 8-byte buffer.
+            let n = unsafe { libc::read(raw, expirations.as_mut_ptr().cast(), 8) };
+            if n == 8 {
+                return Ok(());
+            }
+            guard.clear_ready();
+        }
+    }
+}
+
+async fn connect(plan: &ThreadPlan) -> Result<SendRequest<Bytes>, String> {
+    let server = plan.target.server;
+    let tcp = TcpStream::connect(server)
+        .await
+        .map_err(|e| format!("connect {server}: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024 * 1024)
+        .initial_connection_window_size(64 * 1024 * 1024)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .map_err(|e| format!("h2 handshake with {server}: {e}"))?;
+    tokio::task::spawn_local(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// One request, recorded against its due time.
+async fn timed_request(shared: Rc<Shared>, sender: SendRequest<Bytes>, path: String, due: Instant) {
+    shared.start_recording_if_due();
+    let timeout = shared.plan.options.request_timeout;
+    let outcome = match tokio::time::timeout(timeout, request(&shared, sender, &path)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ErrorKind::Timeout),
+    };
+    let mut recorder = shared.recorder.borrow_mut();
+    match outcome {
+        Ok(()) => recorder.request_done(Instant::now().saturating_duration_since(due)),
+        Err(kind) => recorder.error(kind),
+    }
+}
+
+async fn request(shared: &Shared, sender: SendRequest<Bytes>, path: &str) -> Result<(), ErrorKind> {
+    let options = &shared.plan.options;
+    let mut builder = http::Request::builder()
+        .method(options.method.as_str())
+        .uri(format!("http://{}{}", shared.plan.target.authority, path));
+    for (name, value) in &options.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    if options.body_size > 0 {
+        builder = builder.header("content-length", options.body_size);
+    }
+    let head = builder.body(()).map_err(|_| ErrorKind::Io)?;
+    let mut sender = sender
+        .ready()
+        .await
+        .map_err(|_| ErrorKind::ConnectionClosed)?;
+    let (response, mut stream) = sender
+        .send_request(head, options.body_size == 0)
+        .map_err(|_| ErrorKind::ConnectionClosed)?;
+    let mut left = options.body_size;
+    let mut offset = 0u64;
+    while left > 0 {
+        stream.reserve_capacity((left as usize).min(BODY_CHUNK));
+        let granted = match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            _ => return Err(ErrorKind::StreamReset),
+        };
+        let n = granted.min(left as usize).min(BODY_CHUNK);
+        let start = (offset % 251) as usize;
+        let chunk = shared.body.slice(start..start + n);
+        left -= n as u64;
+        offset += n as u64;
+        stream
+            .send_data(chunk, left == 0)
+            .map_err(|_| ErrorKind::StreamReset)?;
+        shared.recorder.borrow_mut().sent(n);
+    }
+    let response = response.await.map_err(|_| ErrorKind::StreamReset)?;
+    let status = response.status().as_u16();
+    let expected: Option<u64> = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|_| ErrorKind::StreamReset)?;
+        received += chunk.len() as u64;
+        shared.recorder.borrow_mut().received(chunk.len());
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    if let Some(kind) = ErrorKind::from_status(status) {
+        return Err(kind);
+    }
+    if expected.is_some_and(|n| n != received) {
+        return Err(ErrorKind::LengthMismatch);
+    }
+    Ok(())
+}

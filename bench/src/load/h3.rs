@@ -1,0 +1,567 @@
+//! The HTTP/3 loader thread: many quiche connections, one UDP socket each, driven by one event
+//! loop. Each turn it issues due requests, sends what every busy connection has, waits for
+//! sockets or the next deadline, reads everything readable and handles the HTTP/3 events.
+//! Buffers (datagrams, request bodies, headers) are allocated once per thread.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use quiche::h3::NameValue;
+
+use super::poller::{precise_timers, Poller};
+use super::schedule::Pacer;
+use super::stats::{ErrorKind, Recorder};
+use super::ThreadPlan;
+use crate::backend::pattern_byte;
+use crate::client::Verify;
+
+const H3_NO_ERROR: u64 = 0x100;
+const H3_REQUEST_CANCELLED: u64 = 0x10c;
+/// Request body bytes offered to quiche per call.
+const BODY_CHUNK: usize = 64 * 1024;
+/// Idle connections are pinged this often so the server's idle timeout does not close them.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+struct Request {
+    due: Instant,
+    body_left: u64,
+    body_offset: u64,
+    received: u64,
+    expected: Option<u64>,
+    status: u16,
+}
+
+struct Conn {
+    socket: UdpSocket,
+    local: SocketAddr,
+    quic: quiche::Connection,
+    h3: Option<quiche::h3::Connection>,
+    requests: HashMap<u64, Request>,
+    opened: Instant,
+    established: bool,
+    last_ping: Instant,
+}
+
+struct Loader {
+    plan: ThreadPlan,
+    config: quiche::Config,
+    h3_config: quiche::h3::Config,
+    poller: Poller,
+    conns: Vec<Option<Conn>>,
+    recorder: Recorder,
+    recv_buf: Vec<u8>,
+    send_buf: Vec<u8>,
+    body: Vec<u8>,
+    /// Prebuilt request headers, one list per path.
+    headers: Vec<Vec<quiche::h3::Header>>,
+    next_path: usize,
+    issued: u64,
+    /// Open loop: due times of requests not yet on a stream.
+    queue: VecDeque<Instant>,
+    pacer: Option<Pacer>,
+}
+
+pub(crate) fn run_thread(plan: ThreadPlan) -> Result<Recorder, String> {
+    precise_timers();
+    let mut loader = Loader::new(plan)?;
+    loader.run()?;
+    Ok(loader.recorder)
+}
+
+impl Loader {
+    fn new(plan: ThreadPlan) -> Result<Loader, String> {
+        let config = client_config(&plan)?;
+        let h3_config = quiche::h3::Config::new().map_err(|e| e.to_string())?;
+        let target = &plan.target;
+        let method = plan.options.method.as_bytes();
+        let headers = target
+            .paths
+            .iter()
+            .map(|path| {
+                let mut list = vec![
+                    quiche::h3::Header::new(b":method", method),
+                    quiche::h3::Header::new(b":scheme", b"https"),
+                    quiche::h3::Header::new(b":authority", target.authority.as_bytes()),
+                    quiche::h3::Header::new(b":path", path.as_bytes()),
+                    quiche::h3::Header::new(b"user-agent", b"spooky-bench"),
+                ];
+                if plan.options.body_size > 0 {
+                    list.push(quiche::h3::Header::new(
+                        b"content-length",
+                        plan.options.body_size.to_string().as_bytes(),
+                    ));
+                }
+                for (name, value) in &plan.options.headers {
+                    list.push(quiche::h3::Header::new(
+                        name.to_ascii_lowercase().as_bytes(),
+                        value.as_bytes(),
+                    ));
+                }
+                list
+            })
+            .collect();
+        let recording = plan.record_from <= plan.start;
+        let pacer = plan
+            .rate
+            .map(|rate| Pacer::new(plan.record_from.min(plan.start), rate));
+        Ok(Loader {
+            conns: (0..plan.connections).map(|_| None).collect(),
+            config,
+            h3_config,
+            poller: Poller::new().map_err(|e| format!("epoll: {e}"))?,
+            recorder: Recorder {
+                recording,
+                ..Recorder::default()
+            },
+            recv_buf: vec![0; 65_535],
+            send_buf: vec![0; 65_535],
+            body: (0..BODY_CHUNK as u64).map(pattern_byte).collect(),
+            headers,
+            next_path: 0,
+            issued: 0,
+            queue: VecDeque::new(),
+            pacer,
+            plan,
+        })
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let mut ready = Vec::new();
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if !self.recorder.recording && now >= self.plan.record_from {
+                self.recorder.recording = true;
+            }
+            if let Some(hold) = self.plan.options.idle_hold {
+                let all_open = self
+                    .conns
+                    .iter()
+                    .all(|c| c.as_ref().is_some_and(|c| c.established));
+                if all_open && idle_since.is_none() {
+                    self.recorder.connections_established = self.conns.len() as u64;
+                    idle_since = Some(now);
+                }
+                if idle_since.is_some_and(|t| now >= t + hold)
+                    || now >= self.plan.start + hold + self.plan.options.request_timeout
+                {
+                    if idle_since.is_none() {
+                        self.recorder.connections_established =
+                            self.conns
+                                .iter()
+                                .flatten()
+                                .filter(|c| c.established)
+                                .count() as u64;
+                    }
+                    break;
+                }
+            } else if self.plan.done(now, &self.recorder) {
+                break;
+            }
+            self.open_missing(now)?;
+            if let Some(pacer) = &mut self.pacer {
+                if self.plan.stop_at.is_none_or(|t| now < t) {
+                    pacer.take_due(now, &mut self.queue);
+                }
+            }
+            self.issue(now);
+            self.flush_all();
+            let timeout = self
+                .next_deadline()
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            ready.clear();
+            self.poller
+                .wait(timeout, &mut ready)
+                .map_err(|e| format!("epoll: {e}"))?;
+            for &token in &ready {
+                self.receive(token as usize);
+            }
+            let now = Instant::now();
+            for slot in 0..self.conns.len() {
+                self.service(slot, now);
+            }
+        }
+        self.close_all();
+        Ok(())
+    }
+
+    /// Opens a connection in every empty slot (at start, and after one closed).
+    fn open_missing(&mut self, now: Instant) -> Result<(), String> {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].is_none() {
+                let conn = self.connect(now)?;
+                self.poller
+                    .add(conn.socket.as_raw_fd(), slot as u64)
+                    .map_err(|e| format!("epoll: {e}"))?;
+                self.conns[slot] = Some(conn);
+            }
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, now: Instant) -> Result<Conn, String> {
+        let target = &self.plan.target;
+        let bind: SocketAddr = if target.server.is_ipv6() {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        };
+        let socket = UdpSocket::bind(bind).map_err(|e| format!("udp bind: {e}"))?;
+        socket
+            .connect(target.server)
+            .map_err(|e| format!("udp connect: {e}"))?;
+        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let local = socket.local_addr().map_err(|e| e.to_string())?;
+        let mut scid = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut scid)
+            .map_err(|_| "no randomness".to_string())?;
+        let quic = quiche::connect(
+            Some(&target.host),
+            &quiche::ConnectionId::from_ref(&scid),
+            local,
+            target.server,
+            &mut self.config,
+        )
+        .map_err(|e| format!("quic connect: {e}"))?;
+        Ok(Conn {
+            socket,
+            local,
+            quic,
+            h3: None,
+            requests: HashMap::new(),
+            opened: now,
+            established: false,
+            last_ping: now,
+        })
+    }
+
+    /// Starts requests on connections with free streams.
+    fn issue(&mut self, now: Instant) {
+        if self.plan.options.handshake_only || self.plan.options.idle_hold.is_some() {
+            return;
+        }
+        let streams = self.plan.options.streams;
+        let open_loop = self.pacer.is_some();
+        let stopping = self.plan.stop_at.is_some_and(|t| now >= t);
+        for slot in 0..self.conns.len() {
+            loop {
+                if stopping || self.plan.requests.is_some_and(|n| self.issued >= n) {
+                    return;
+                }
+                let Some(conn) = self.conns[slot].as_mut() else {
+                    break;
+                };
+                if conn.h3.is_none() || conn.requests.len() >= streams {
+                    break;
+                }
+                let due = if open_loop {
+                    match self.queue.front() {
+                        Some(&due) => due,
+                        None => return,
+                    }
+                } else {
+                    now
+                };
+                let path = self.next_path;
+                let has_body = self.plan.options.body_size > 0;
+                let h3 = conn.h3.as_mut().expect("checked above");
+                match h3.send_request(&mut conn.quic, &self.headers[path], !has_body) {
+                    Ok(stream_id) => {
+                        if open_loop {
+                            self.queue.pop_front();
+                        }
+                        self.next_path = (path + 1) % self.headers.len();
+                        self.issued += 1;
+                        conn.requests.insert(
+                            stream_id,
+                            Request {
+                                due,
+                                body_left: self.plan.options.body_size,
+                                body_offset: 0,
+                                received: 0,
+                                expected: None,
+                                status: 0,
+                            },
+                        );
+                        if has_body {
+                            push_body(conn, stream_id, &self.body, &mut self.recorder);
+                        }
+                    }
+                    // Stream limit or flow control: try again once the server lets us.
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for conn in self.conns.iter_mut().flatten() {
+            flush(conn, &mut self.send_buf);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next = self.plan.stop_at;
+        let mut earliest = |t: Instant| {
+            next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        };
+        for conn in self.conns.iter().flatten() {
+            if let Some(t) = conn.quic.timeout_instant() {
+                earliest(t);
+            }
+            if self.plan.options.idle_hold.is_some() && conn.established {
+                earliest(conn.last_ping + KEEPALIVE);
+            }
+            for request in conn.requests.values() {
+                earliest(request.due + self.plan.options.request_timeout);
+            }
+        }
+        if let Some(pacer) = &self.pacer {
+            earliest(pacer.next_due());
+        }
+        if let Some(hold) = self.plan.options.idle_hold {
+            earliest(self.plan.start + hold + self.plan.options.request_timeout);
+        }
+        if self.plan.record_from > Instant::now() {
+            earliest(self.plan.record_from);
+        }
+        next
+    }
+
+    fn receive(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        while let Ok((n, from)) = conn.socket.recv_from(&mut self.recv_buf) {
+            let info = quiche::RecvInfo {
+                from,
+                to: conn.local,
+            };
+            let _ = conn.quic.recv(&mut self.recv_buf[..n], info);
+        }
+    }
+
+    /// Timeouts, handshake completion, HTTP/3 events and closed connections for one slot.
+    fn service(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        if conn.quic.timeout_instant().is_some_and(|t| t <= now) {
+            conn.quic.on_timeout();
+        }
+        if !conn.established && conn.quic.is_established() {
+            conn.established = true;
+            self.recorder.connections_established += 1;
+            if self.plan.options.handshake_only {
+                self.recorder
+                    .handshake_done(now.saturating_duration_since(conn.opened));
+                let _ = conn.quic.close(true, H3_NO_ERROR, b"");
+                flush(conn, &mut self.send_buf);
+                self.conns[slot] = None;
+                return;
+            }
+            match quiche::h3::Connection::with_transport(&mut conn.quic, &self.h3_config) {
+                Ok(h3) => conn.h3 = Some(h3),
+                Err(_) => {
+                    let _ = conn.quic.close(true, H3_NO_ERROR, b"");
+                }
+            }
+        }
+        if conn.established
+            && self.plan.options.idle_hold.is_some()
+            && now >= conn.last_ping + KEEPALIVE
+        {
+            let _ = conn.quic.send_ack_eliciting();
+            conn.last_ping = now;
+        }
+        self.events(slot, now);
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        // Requests that took too long are given up (and cancelled, so the stream is freed).
+        let timeout = self.plan.options.request_timeout;
+        let expired: Vec<u64> = conn
+            .requests
+            .iter()
+            .filter(|(_, r)| now >= r.due + timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for stream_id in expired {
+            conn.requests.remove(&stream_id);
+            let _ =
+                conn.quic
+                    .stream_shutdown(stream_id, quiche::Shutdown::Read, H3_REQUEST_CANCELLED);
+            let _ =
+                conn.quic
+                    .stream_shutdown(stream_id, quiche::Shutdown::Write, H3_REQUEST_CANCELLED);
+            self.recorder.error(ErrorKind::Timeout);
+        }
+        if !conn.established && now >= conn.opened + timeout && !conn.quic.is_closed() {
+            let _ = conn.quic.close(false, 0, b"handshake timeout");
+        }
+        if conn.quic.is_closed() {
+            let kind = if conn.quic.is_timed_out() {
+                ErrorKind::Timeout
+            } else {
+                ErrorKind::ConnectionClosed
+            };
+            if !conn.established {
+                self.recorder.error(ErrorKind::HandshakeFailed);
+            }
+            for _ in 0..conn.requests.len() {
+                self.recorder.error(kind);
+            }
+            self.conns[slot] = None;
+        }
+    }
+
+    fn events(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        let Some(h3) = conn.h3.as_mut() else {
+            return;
+        };
+        loop {
+            match h3.poll(&mut conn.quic) {
+                Ok((stream_id, quiche::h3::Event::Headers { list, .. })) => {
+                    if let Some(request) = conn.requests.get_mut(&stream_id) {
+                        for header in &list {
+                            match header.name() {
+                                b":status" => {
+                                    request.status = parse(header.value()).unwrap_or(0) as u16
+                                }
+                                b"content-length" => request.expected = parse(header.value()),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                Ok((stream_id, quiche::h3::Event::Data)) => {
+                    while let Ok(n) = h3.recv_body(&mut conn.quic, stream_id, &mut self.recv_buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        self.recorder.received(n);
+                        if let Some(request) = conn.requests.get_mut(&stream_id) {
+                            request.received += n as u64;
+                        }
+                    }
+                }
+                Ok((stream_id, quiche::h3::Event::Finished)) => {
+                    if let Some(request) = conn.requests.remove(&stream_id) {
+                        if let Some(kind) = ErrorKind::from_status(request.status) {
+                            self.recorder.error(kind);
+                        } else if request.status == 0
+                            || request.expected.is_some_and(|n| n != request.received)
+                        {
+                            self.recorder.error(ErrorKind::LengthMismatch);
+                        } else {
+                            self.recorder
+                                .request_done(now.saturating_duration_since(request.due));
+                        }
+                    }
+                }
+                Ok((stream_id, quiche::h3::Event::Reset(_))) => {
+                    if conn.requests.remove(&stream_id).is_some() {
+                        self.recorder.error(ErrorKind::StreamReset);
+                    }
+                }
+                Ok(_) => {}
+                Err(quiche::h3::Error::Done) => break,
+                Err(_) => {
+                    let _ = conn.quic.close(true, H3_NO_ERROR, b"");
+                    break;
+                }
+            }
+        }
+        // Request bodies continue as flow control opens.
+        let pending: Vec<u64> = conn
+            .requests
+            .iter()
+            .filter(|(_, r)| r.body_left > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for stream_id in pending {
+            push_body(conn, stream_id, &self.body, &mut self.recorder);
+        }
+    }
+
+    fn close_all(&mut self) {
+        for conn in self.conns.iter_mut().flatten() {
+            let _ = conn.quic.close(true, H3_NO_ERROR, b"");
+            flush(conn, &mut self.send_buf);
+        }
+    }
+}
+
+/// Offers the next part of a request body to quiche, as much as flow control takes.
+fn push_body(conn: &mut Conn, stream_id: u64, body: &[u8], recorder: &mut Recorder) {
+    let Some(h3) = conn.h3.as_mut() else {
+        return;
+    };
+    let Some(request) = conn.requests.get_mut(&stream_id) else {
+        return;
+    };
+    while request.body_left > 0 {
+        // Pattern bytes repeat every 251; start the chunk where the body's pattern is.
+        let start = (request.body_offset % 251) as usize;
+        let len = (request.body_left as usize).min(body.len() - start);
+        let fin = len as u64 == request.body_left;
+        match h3.send_body(&mut conn.quic, stream_id, &body[start..start + len], fin) {
+            Ok(n) if n > 0 => {
+                request.body_left -= n as u64;
+                request.body_offset += n as u64;
+                recorder.sent(n);
+            }
+            _ => break,
+        }
+    }
+}
+
+fn flush(conn: &mut Conn, out: &mut [u8]) {
+    while let Ok((n, info)) = conn.quic.send(out) {
+        if conn.socket.send_to(&out[..n], info.to).is_err() {
+            break;
+        }
+    }
+}
+
+fn parse(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+fn client_config(plan: &ThreadPlan) -> Result<quiche::Config, String> {
+    let tls = |e: quiche::Error| format!("quic config: {e}");
+    let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).map_err(tls)?;
+    match &plan.options.verify {
+        Verify::Insecure => config.verify_peer(false),
+        Verify::Ca(path) => {
+            config
+                .load_verify_locations_from_file(&path.to_string_lossy())
+                .map_err(tls)?;
+            config.verify_peer(true);
+        }
+    }
+    config
+        .set_application_protos(quiche::h3::APPLICATION_PROTOCOL)
+        .map_err(tls)?;
+    let idle = plan
+        .options
+        .idle_hold
+        .map_or(plan.options.request_timeout, |hold| {
+            hold + plan.options.request_timeout
+        });
+    config.set_max_idle_timeout(idle.as_millis() as u64);
+    config.set_max_recv_udp_payload_size(65_535);
+    config.set_max_send_udp_payload_size(1350);
+    config.set_initial_max_data(64 * 1024 * 1024);
+    config.set_initial_max_stream_data_bidi_local(16 * 1024 * 1024);
+    config.set_initial_max_stream_data_bidi_remote(1024 * 1024);
+    config.set_initial_max_stream_data_uni(1024 * 1024);
+    config.set_initial_max_streams_bidi(1000);
+    config.set_initial_max_streams_uni(100);
+    Ok(config)
+}

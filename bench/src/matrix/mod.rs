@@ -1,0 +1,347 @@
+//! `spooky-bench matrix`: the benchmark scenario matrix, run against Spooky, Caddy (when
+//! installed) and the backend directly, in one run on one machine, written up as a markdown
+//! report plus the raw results as JSON.
+//!
+//! Every target gets the same backend, certificate, CPU and load. The proxy under test is pinned
+//! to one CPU; the load generator and the backend share the others. Costs are the proxy's own CPU
+//! seconds from `/proc`, so the generator's work is never counted against the proxy.
+
+pub mod procstat;
+pub mod report;
+pub mod targets;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::load::{self, LoadOptions};
+use report::{Row, RunInfo, Section};
+use targets::Server;
+
+/// How a matrix run is set up.
+#[derive(Clone, Debug)]
+pub struct MatrixOptions {
+    pub spooky: PathBuf,
+    pub out_dir: PathBuf,
+    /// Length of each timed scenario.
+    pub duration: Duration,
+    /// CPU for the proxy under test.
+    pub proxy_cpu: usize,
+    /// CPUs for the load generator and the backend.
+    pub load_cpus: Vec<usize>,
+    pub idle_connections: usize,
+    pub skip_caddy: bool,
+    pub command: String,
+}
+
+/// A scenario: what load to put on a target.
+struct Scenario {
+    name: &'static str,
+    description: String,
+    /// Whether the direct-to-backend row applies (it cannot do QUIC handshakes or hold QUIC
+    /// connections).
+    direct: bool,
+    options: Box<dyn Fn(&str) -> LoadOptions>,
+}
+
+pub fn run(options: &MatrixOptions) -> Result<String, String> {
+    std::fs::create_dir_all(&options.out_dir).map_err(|e| e.to_string())?;
+    targets::pin_self(&options.load_cpus)
+        .map_err(|e| format!("pinning the load generator: {e}"))?;
+    let certificate = targets::write_certificate(&options.out_dir)?;
+    let load_cpus = cpu_list(&options.load_cpus);
+    let backend_port = targets::free_port()?;
+    let backend = targets::start_backend(&options.out_dir, backend_port, &load_cpus, 1)?;
+    let spooky = targets::start_spooky(
+        &options.spooky,
+        &options.out_dir,
+        &certificate,
+        targets::free_port()?,
+        backend_port,
+        options.proxy_cpu,
+    )?;
+    let caddy = if options.skip_caddy {
+        None
+    } else {
+        targets::start_caddy(
+            &options.out_dir,
+            &certificate,
+            targets::free_port()?,
+            backend_port,
+            options.proxy_cpu,
+        )?
+    };
+    let mut notes = vec![format!(
+        "Proxy pinned to CPU {}; load generator and backend on CPUs {load_cpus}. Caddy: {}.",
+        options.proxy_cpu,
+        match &caddy {
+            Some(_) => "2.6 (Debian), GOMAXPROCS=1, reverse_proxy over h2c".to_string(),
+            None => "not installed or skipped, no Caddy rows".to_string(),
+        }
+    )];
+    notes.push(
+        "CPU figures are the proxy process's user+system seconds from /proc/PID/stat over the \
+         scenario; latency is measured by the load generator from each request's scheduled send \
+         time."
+            .into(),
+    );
+
+    let threads = options.load_cpus.len().max(1);
+    let duration = options.duration;
+    let mut proxies: Vec<&Server> = vec![&spooky];
+    if let Some(caddy) = &caddy {
+        proxies.push(caddy);
+    }
+
+    let mut sections = Vec::new();
+    // Max rate first: it sets the fixed rate of the latency scenario.
+    let small_max = Scenario {
+        name: "small-max",
+        description: "1 KiB GET responses, closed loop: 32 connections × 8 streams, as fast as \
+                      the target answers."
+            .into(),
+        direct: true,
+        options: Box::new(move |url| {
+            load_options(url, "/bytes/1024", threads, 32, 8, Some(duration), None)
+        }),
+    };
+    let section = measure(&small_max, &proxies, &backend)?;
+    let spooky_max = section
+        .rows
+        .iter()
+        .find(|r| r.target == "spooky")
+        .map_or(1000.0, |r| r.requests_per_second);
+    sections.push(section);
+    let half_rate = (spooky_max / 2.0).max(100.0);
+    let scenarios = vec![
+        Scenario {
+            name: "small-half-rate",
+            description: format!(
+                "1 KiB GET responses, open loop at a constant {half_rate:.0} requests/s (half \
+                 of Spooky's max rate above) over 32 connections: latency without coordinated \
+                 omission."
+            ),
+            direct: true,
+            options: Box::new(move |url| {
+                load_options(
+                    url,
+                    "/bytes/1024",
+                    threads,
+                    32,
+                    8,
+                    Some(duration),
+                    Some(half_rate),
+                )
+            }),
+        },
+        Scenario {
+            name: "download-100MB",
+            description: "100 MB GET responses, one at a time on one connection, 3 requests."
+                .into(),
+            direct: true,
+            options: Box::new(|url| {
+                let mut o = load_options(url, "/bytes/104857600", 1, 1, 1, None, None);
+                o.requests = Some(3);
+                o
+            }),
+        },
+        Scenario {
+            name: "upload-10MB",
+            description: "10 MB POST bodies to a sink, one at a time on one connection, 10 \
+                          requests."
+                .into(),
+            direct: true,
+            options: Box::new(|url| {
+                let mut o = load_options(url, "/bytes/0", 1, 1, 1, None, None);
+                o.requests = Some(10);
+                o.method = "POST".into();
+                o.body_size = 10 * 1024 * 1024;
+                o
+            }),
+        },
+        Scenario {
+            name: "handshakes",
+            description: "New QUIC connections as fast as possible: handshake, then close, on 16 \
+                          connection slots. The request columns count handshakes."
+                .into(),
+            direct: false,
+            options: Box::new(move |url| {
+                let mut o = load_options(url, "/", threads, 16, 1, Some(duration), None);
+                o.handshake_only = true;
+                o
+            }),
+        },
+    ];
+    for scenario in &scenarios {
+        sections.push(measure(scenario, &proxies, &backend)?);
+    }
+    let idle_count = options.idle_connections;
+    let idle = Scenario {
+        name: "idle-connections",
+        description: format!(
+            "{idle_count} QUIC connections opened and held idle; RSS growth per connection."
+        ),
+        direct: false,
+        options: Box::new(move |url| {
+            let mut o = load_options(url, "/", threads, idle_count, 1, None, None);
+            o.idle_hold = Some(Duration::from_secs(3));
+            o
+        }),
+    };
+    sections.push(measure(&idle, &proxies, &backend)?);
+
+    let info = RunInfo {
+        date: today(),
+        machine: machine_description(),
+        command: options.command.clone(),
+        notes,
+    };
+    let markdown = report::markdown(&info, &sections);
+    std::fs::write(options.out_dir.join("report.md"), &markdown).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&serde_json::json!({
+        "info": info,
+        "sections": sections,
+    }))
+    .map_err(|e| e.to_string())?;
+    std::fs::write(options.out_dir.join("results.json"), json).map_err(|e| e.to_string())?;
+    drop(caddy);
+    drop(spooky);
+    drop(backend);
+    Ok(markdown)
+}
+
+fn load_options(
+    url: &str,
+    path: &str,
+    threads: usize,
+    connections: usize,
+    streams: usize,
+    duration: Option<Duration>,
+    rate: Option<f64>,
+) -> LoadOptions {
+    let mut o = LoadOptions::new(&format!("{url}{path}"));
+    o.threads = threads.min(connections).max(1);
+    o.connections = connections;
+    o.streams = streams;
+    o.duration = duration;
+    o.rate = rate;
+    o
+}
+
+/// Runs one scenario against each proxy and, where it applies, the backend directly.
+fn measure(scenario: &Scenario, proxies: &[&Server], backend: &Server) -> Result<Section, String> {
+    let mut rows = Vec::new();
+    for proxy in proxies {
+        eprintln!("{}: {}", scenario.name, proxy.name);
+        let pid = proxy.pid();
+        warm_up(scenario, &proxy.url)?;
+        let cpu_before = procstat::cpu_seconds(pid).map_err(|e| e.to_string())?;
+        let rss_before = procstat::rss_bytes(pid).ok();
+        let result = load::run(&(scenario.options)(&proxy.url))?;
+        let cpu_after = procstat::cpu_seconds(pid).map_err(|e| e.to_string())?;
+        let rss_after = procstat::rss_bytes(pid).ok();
+        let mut row = row_from(proxy.name, &result);
+        row.proxy_cpu_seconds = Some(cpu_after - cpu_before);
+        row.proxy_rss_before_bytes = rss_before;
+        row.proxy_rss_bytes = rss_after;
+        rows.push(row);
+    }
+    if scenario.direct {
+        eprintln!("{}: direct", scenario.name);
+        warm_up(scenario, &backend.url)?;
+        let result = load::run(&(scenario.options)(&backend.url))?;
+        rows.push(row_from("direct", &result));
+    }
+    Ok(Section {
+        name: scenario.name.into(),
+        description: scenario.description.clone(),
+        rows,
+    })
+}
+
+/// One unmeasured second of the scenario's load, so that connection pools, caches and the
+/// congestion window are warm when measuring starts (timed scenarios only).
+fn warm_up(scenario: &Scenario, url: &str) -> Result<(), String> {
+    let mut options = (scenario.options)(url);
+    if options.duration.is_none() || options.handshake_only {
+        return Ok(());
+    }
+    options.duration = Some(Duration::from_secs(1));
+    load::run(&options).map(|_| ())
+}
+
+fn row_from(target: &str, result: &load::LoadReport) -> Row {
+    // A handshake-only run reports handshakes in the request columns.
+    let handshakes = result.options.handshake_only;
+    let latency = if handshakes {
+        &result.handshake_latency_us
+    } else {
+        &result.latency_us
+    };
+    Row {
+        target: target.into(),
+        requests: if handshakes {
+            result.handshakes
+        } else {
+            result.requests_completed
+        },
+        errors: result.errors.values().sum(),
+        seconds: result.elapsed_seconds,
+        requests_per_second: if handshakes {
+            result.handshakes_per_second
+        } else {
+            result.requests_per_second
+        },
+        handshakes_per_second: result.handshakes_per_second,
+        p50_us: latency.p50,
+        p90_us: latency.p90,
+        p99_us: latency.p99,
+        p999_us: latency.p999,
+        max_us: latency.max,
+        body_bytes: result.bytes_received + result.bytes_sent,
+        proxy_cpu_seconds: None,
+        proxy_rss_bytes: None,
+        proxy_rss_before_bytes: None,
+        connections: result.connections_established,
+    }
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    // SAFETY: sysconf has no preconditions. (available_parallelism would count only the CPUs
+    // this pinned process may use.)
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} CPUs online, Linux {kernel}")
+}
+
+/// Where the report of a run goes by default.
+pub fn default_out_dir() -> PathBuf {
+    Path::new("target").join("bench-report")
+}

@@ -1,0 +1,256 @@
+//! The processes a benchmark run measures: the HTTP/2 backend, Spooky, and Caddy when it is
+//! installed, each pinned with `taskset` so that runs are comparable.
+//!
+//! Both proxies get the same CPU, the same certificate and the same backend; the backend and the
+//! load generator share the other CPUs. Caddy runs with `GOMAXPROCS=1` so that it, like a
+//! one-shard Spooky, uses one core.
+
+use std::fs;
+use std::io;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client::{ClientOptions, H3Client, Request, Verify};
+
+/// A server process started for the run; killed on drop.
+pub struct Server {
+    pub name: &'static str,
+    pub child: Child,
+    /// `https://localhost:PORT` for the proxies, `http://127.0.0.1:PORT` for the backend.
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A certificate and key for `localhost`, written to `dir`.
+pub struct Certificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn write_certificate(dir: &Path) -> Result<Certificate, String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("key generation: {e}"))?;
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .map_err(|e| format!("certificate parameters: {e}"))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| format!("self-signing: {e}"))?;
+    let paths = Certificate {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    fs::write(&paths.cert, cert.pem()).map_err(|e| format!("writing certificate: {e}"))?;
+    fs::write(&paths.key, key.serialize_pem()).map_err(|e| format!("writing key: {e}"))?;
+    Ok(paths)
+}
+
+/// A free port on 127.0.0.1 for both UDP and TCP (Caddy binds both).
+pub fn free_port() -> Result<u16, String> {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let port = udp.local_addr().map_err(|e| e.to_string())?.port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free port".into())
+}
+
+fn pinned(cpus: &str, program: &Path) -> Command {
+    let mut command = Command::new("taskset");
+    command.arg("-c").arg(cpus).arg(program);
+    command
+}
+
+fn spawn(
+    name: &'static str,
+    mut command: Command,
+    log: PathBuf,
+    url: String,
+) -> Result<Server, String> {
+    let log_file = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("starting {name}: {e}"))?;
+    Ok(Server {
+        name,
+        child,
+        url,
+        log,
+    })
+}
+
+/// Starts `spooky-bench backend` (this executable) on `port`.
+pub fn start_backend(dir: &Path, port: u16, cpus: &str, threads: usize) -> Result<Server, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut command = pinned(cpus, &exe);
+    command
+        .args(["backend", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--threads", &threads.to_string()]);
+    let server = spawn(
+        "backend",
+        command,
+        dir.join("backend.log"),
+        format!("http://127.0.0.1:{port}"),
+    )?;
+    wait_until(Duration::from_secs(15), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .map_err(|_| format!("backend did not listen on {port}"))?;
+    Ok(server)
+}
+
+/// Starts Spooky with one shard on `cpu`, forwarding everything to the backend.
+pub fn start_spooky(
+    binary: &Path,
+    dir: &Path,
+    certificate: &Certificate,
+    port: u16,
+    backend_port: u16,
+    cpu: usize,
+) -> Result<Server, String> {
+    let config = dir.join("spooky.toml");
+    fs::write(
+        &config,
+        format!(
+            "[listen]\naddress = \"127.0.0.1\"\nport = {port}\n\
+             tls = {{ cert = {:?}, key = {:?} }}\n\n\
+             [runtime]\ncores = [{cpu}]\n\n\
+             [quic]\nmax_concurrent_streams = 1000\n\n\
+             [upstream.main]\nroute = {{ path_prefix = \"/\" }}\n\n\
+             [[upstream.main.backends]]\nid = \"backend\"\naddress = \"127.0.0.1:{backend_port}\"\n",
+            certificate.cert.display().to_string(),
+            certificate.key.display().to_string(),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut command = pinned(&cpu.to_string(), binary);
+    command.arg("--config").arg(&config);
+    let server = spawn(
+        "spooky",
+        command,
+        dir.join("spooky.log"),
+        format!("https://localhost:{port}"),
+    )?;
+    wait_for_http3(port).map_err(|e| format!("spooky did not serve HTTP/3: {e}"))?;
+    Ok(server)
+}
+
+/// Starts Caddy as an HTTP/3 reverse proxy to the backend over h2c, if `caddy` is installed.
+pub fn start_caddy(
+    dir: &Path,
+    certificate: &Certificate,
+    port: u16,
+    backend_port: u16,
+    cpu: usize,
+) -> Result<Option<Server>, String> {
+    let Some(caddy) = find_on_path("caddy") else {
+        return Ok(None);
+    };
+    let caddyfile = dir.join("Caddyfile");
+    fs::write(
+        &caddyfile,
+        format!(
+            "{{\n\tadmin off\n\tauto_https off\n\tlog {{\n\t\tlevel ERROR\n\t}}\n\
+             \tservers {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\n\
+             https://localhost:{port} {{\n\tbind 127.0.0.1\n\ttls {} {}\n\
+             \treverse_proxy 127.0.0.1:{backend_port} {{\n\t\ttransport http {{\n\t\t\tversions h2c\n\t\t}}\n\t}}\n}}\n",
+            certificate.cert.display(),
+            certificate.key.display(),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut command = pinned(&cpu.to_string(), &caddy);
+    command
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&caddyfile)
+        .env("GOMAXPROCS", "1")
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir)
+        .env("XDG_CONFIG_HOME", dir);
+    let server = spawn(
+        "caddy",
+        command,
+        dir.join("caddy.log"),
+        format!("https://localhost:{port}"),
+    )?;
+    wait_for_http3(port).map_err(|e| format!("caddy did not serve HTTP/3: {e}"))?;
+    Ok(Some(server))
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+fn wait_for_http3(port: u16) -> Result<(), String> {
+    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut last_error = String::new();
+    let ready = wait_until(Duration::from_secs(20), || {
+        let options = ClientOptions {
+            server,
+            server_name: "localhost".into(),
+            verify: Verify::Insecure,
+            timeout: Duration::from_millis(500),
+        };
+        match H3Client::connect(options).and_then(|mut c| c.request(Request::get("/bytes/1"))) {
+            Ok(response) if response.status == 200 => true,
+            Ok(response) => {
+                last_error = format!("status {}", response.status);
+                false
+            }
+            Err(e) => {
+                last_error = e.to_string();
+                false
+            }
+        }
+    });
+    ready.map_err(|_| last_error)
+}
+
+fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(())
+}
+
+/// Pins the calling process's threads (the load generator) to `cpus`.
+pub fn pin_self(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it for indexes below its size, and
+    // sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes from it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
