@@ -16,5 +16,6 @@ pub mod procfs;
 pub mod runtime;
 pub mod selfsigned;
 pub mod signals;
+pub mod watchdog;
 
 pub use runtime::{ProxySettings, RunningProxy, StartError};

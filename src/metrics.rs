@@ -177,6 +177,14 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
     per_shard(
         out,
         shards,
+        "spooky_shard_stall_wakeups_total",
+        "counter",
+        "Times the watchdog found the shard's event loop stalled and woke it.",
+        |s| &s.stall_wakeups,
+    );
+    per_shard(
+        out,
+        shards,
         "spooky_gso_sends_total",
         "counter",
         "Segmented UDP sends (GSO), each carrying several datagrams.",

@@ -18,6 +18,7 @@ use shards::{ShardSpec, ShardStats, ShardThread};
 use crate::admin::{self, AdminView, SharedView};
 use crate::coordinator::Coordinator;
 use crate::health::HealthChecker;
+use crate::watchdog::Watchdog;
 
 /// What a process serves, and on which CPUs.
 #[derive(Clone, Debug)]
@@ -44,6 +45,7 @@ pub enum StartError {
     HealthChecker(io::Error),
     Inbox(io::Error),
     Steering(shards::steering::SteeringError),
+    Watchdog(io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -57,6 +59,7 @@ impl fmt::Display for StartError {
             StartError::Random => f.write_str("no randomness available for connection IDs"),
             StartError::HealthChecker(e) => write!(f, "cannot start health checks: {e}"),
             StartError::Inbox(e) => write!(f, "cannot bind the shards' hand-off sockets: {e}"),
+            StartError::Watchdog(e) => write!(f, "cannot start the shard watchdog: {e}"),
             StartError::Steering(e) => write!(
                 f,
                 "quic.steering = \"bpf\" but kernel steering failed: {e} (set quic.steering = \"auto\" \
@@ -93,6 +96,8 @@ pub struct RunningProxy {
     plan: ProxyPlan,
     /// Kernel steering by connection ID, when it is in place.
     steering: Option<Steering>,
+    /// Wakes shards that stall; stopped before the shards are joined.
+    watchdog: Option<Watchdog>,
 }
 
 impl RunningProxy {
@@ -154,6 +159,8 @@ impl RunningProxy {
         )));
         let health = HealthChecker::start(&settings.plan, 1, coordinator.clone())
             .map_err(StartError::HealthChecker)?;
+        let watchdog = Watchdog::start(handles.iter().map(|h| h.stats.clone()).collect())
+            .map_err(StartError::Watchdog)?;
         Ok(RunningProxy {
             local_addr,
             shards: handles,
@@ -163,6 +170,7 @@ impl RunningProxy {
             listen: settings.listen,
             plan: settings.plan,
             steering,
+            watchdog: Some(watchdog),
         })
     }
 
@@ -266,6 +274,8 @@ impl RunningProxy {
     }
 
     fn join(&mut self) -> Result<(), shards::ShardError> {
+        // The watchdog keeps running while shards drain: a stalled shard would otherwise never
+        // see its stop message.
         let mut first_error = Ok(());
         for shard in &mut self.shards {
             if let Some(thread) = shard.thread.take() {
@@ -276,6 +286,7 @@ impl RunningProxy {
                 }
             }
         }
+        self.watchdog = None;
         // Our sockets are closed now; the shared map goes if no other process still uses it.
         if let Some(steering) = self.steering.take() {
             steering.release();

@@ -320,3 +320,52 @@ fn json_logs_carry_one_access_line_per_request() {
         );
     }
 }
+
+#[test]
+fn shards_keep_serving_through_watchdog_wake_ups() {
+    let backend = start_backend("wake");
+    let proxy = Proxy::start(
+        "wake",
+        &format!(
+            "[runtime]\ncores = [0, 1]\n\n{}",
+            pool("main", "/", &[&backend], "")
+        ),
+    );
+    let tids: Vec<u64> = proxy
+        .running
+        .shard_stats()
+        .iter()
+        .map(|s| s.thread_id.get())
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signalling = stop.clone();
+    // The watchdog's wake-up interrupts whatever system call a shard is in; a shard must treat
+    // that as a non-event. Send far more of them than a real stall ever would.
+    let kicker = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while !signalling.load(std::sync::atomic::Ordering::Relaxed) {
+            for tid in &tids {
+                spooky::watchdog::wake(*tid);
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        sent
+    });
+    let mut load = spooky_bench::load::LoadOptions::new(&format!(
+        "https://localhost:{}/bytes/20000",
+        proxy.running.local_addr().port()
+    ));
+    load.verify = spooky_bench::client::Verify::Ca(proxy.certs.ca.clone());
+    load.connections = 8;
+    load.streams = 4;
+    load.threads = 2;
+    load.requests = Some(2000);
+    let report = spooky_bench::load::run(&load).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = kicker.join().unwrap();
+    assert!(sent > 100, "only {sent} wake-ups sent");
+    assert_eq!(report.requests_completed, 2000, "{:?}", report.errors);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.bytes_received, 2000 * 20000);
+}

@@ -26,6 +26,9 @@ use crate::stats::ShardStats;
 /// slow client bounds what one stream can hold here.
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest DATA frame backends may send us. Above h2's 16 KiB default so that a bulk response
+/// costs fewer frames, buffers and wake-ups per byte.
+const MAX_FRAME_SIZE: u32 = 256 * 1024;
 
 /// Why no stream could be opened to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +201,7 @@ impl BackendPool {
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
             .max_concurrent_reset_streams(1024)
             .handshake::<_, Bytes>(stream.compat())
             .await

@@ -343,6 +343,7 @@ async fn control_loop(shard: Rc<Shard>, control: Receiver<ControlMsg>) -> Result
     let mut drain_deadline: Option<Instant> = None;
     loop {
         glommio::timer::sleep(CONTROL_TICK).await;
+        shard.stats.heartbeat.incr();
         loop {
             match control.try_recv() {
                 Ok(ControlMsg::BackendHealth(snapshot)) => {

@@ -116,6 +116,11 @@ pub struct ShardStats {
     pub thread_id: Counter,
     /// 1 while the shard serves traffic (gauge).
     pub running: Counter,
+    /// Control ticks run (one per 10 ms while the event loop turns); read by the watchdog.
+    pub heartbeat: Counter,
+    /// Times the watchdog found the shard stalled and woke it. Written by the watchdog thread,
+    /// its only writer.
+    pub stall_wakeups: Counter,
     pub datagrams_received: Counter,
     pub datagrams_sent: Counter,
     pub bytes_received: Counter,

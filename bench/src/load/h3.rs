@@ -21,6 +21,8 @@ const H3_NO_ERROR: u64 = 0x100;
 const H3_REQUEST_CANCELLED: u64 = 0x10c;
 /// Request body bytes offered to quiche per call.
 const BODY_CHUNK: usize = 64 * 1024;
+/// Packets one connection may send per loop turn.
+const MAX_PACKETS_PER_FLUSH: usize = 256;
 /// Idle connections are pinged this often so the server's idle timeout does not close them.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
@@ -354,19 +356,34 @@ impl Loader {
         if !conn.established && conn.quic.is_established() {
             conn.established = true;
             self.recorder.connections_established += 1;
-            if self.plan.options.handshake_only {
+            match quiche::h3::Connection::with_transport(&mut conn.quic, &self.h3_config) {
+                Ok(h3) => conn.h3 = Some(h3),
+                Err(_) => {
+                    let _ = conn.quic.close(true, H3_NO_ERROR, b"");
+                }
+            }
+        }
+        // A handshake counts once the server's HTTP/3 SETTINGS arrived: the server has then
+        // finished its side too and the connection is usable. (The client's own "established"
+        // comes one flight earlier; closing there would leave the server's side unfinished.)
+        if self.plan.options.handshake_only {
+            let ready = conn.h3.as_mut().is_some_and(|h3| {
+                // Polling reads the server's control stream. Bounded: an event we do not
+                // consume (a body, say) could otherwise be reported again and again.
+                for _ in 0..16 {
+                    if h3.poll(&mut conn.quic).is_err() {
+                        break;
+                    }
+                }
+                h3.peer_settings_raw().is_some()
+            });
+            if ready {
                 self.recorder
                     .handshake_done(now.saturating_duration_since(conn.opened));
                 let _ = conn.quic.close(true, H3_NO_ERROR, b"");
                 flush(conn, &mut self.send_buf);
                 self.conns[slot] = None;
                 return;
-            }
-            match quiche::h3::Connection::with_transport(&mut conn.quic, &self.h3_config) {
-                Ok(h3) => conn.h3 = Some(h3),
-                Err(_) => {
-                    let _ = conn.quic.close(true, H3_NO_ERROR, b"");
-                }
             }
         }
         if conn.established
@@ -522,9 +539,16 @@ fn push_body(conn: &mut Conn, stream_id: u64, body: &[u8], recorder: &mut Record
 }
 
 fn flush(conn: &mut Conn, out: &mut [u8]) {
-    while let Ok((n, info)) = conn.quic.send(out) {
-        if conn.socket.send_to(&out[..n], info.to).is_err() {
-            break;
+    // Bounded: a connection that keeps producing (or produces empty) packets must not hold the
+    // loop; whatever is left goes out on the next turn.
+    for _ in 0..MAX_PACKETS_PER_FLUSH {
+        match conn.quic.send(out) {
+            Ok((n, info)) if n > 0 => {
+                if conn.socket.send_to(&out[..n], info.to).is_err() {
+                    break;
+                }
+            }
+            _ => break,
         }
     }
 }
