@@ -279,6 +279,8 @@ fn matrix(args: &[String]) -> Result<(), Failure> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut options = MatrixOptions {
         spooky: PathBuf::new(),
+        bench: std::env::current_exe()
+            .map_err(|e| Failure::Run(format!("cannot find this executable: {e}")))?,
         out_dir: spooky_bench::matrix::default_out_dir(),
         duration: Duration::from_secs(10),
         proxy_cpu: cpus.saturating_sub(1),

@@ -21,6 +21,8 @@ use targets::Server;
 #[derive(Clone, Debug)]
 pub struct MatrixOptions {
     pub spooky: PathBuf,
+    /// The `spooky-bench` executable, which also serves as the backend.
+    pub bench: PathBuf,
     pub out_dir: PathBuf,
     /// Length of each timed scenario.
     pub duration: Duration,
@@ -50,7 +52,13 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
     let certificate = targets::write_certificate(&options.out_dir)?;
     let load_cpus = cpu_list(&options.load_cpus);
     let backend_port = targets::free_port()?;
-    let backend = targets::start_backend(&options.out_dir, backend_port, &load_cpus, 1)?;
+    let backend = targets::start_backend(
+        &options.bench,
+        &options.out_dir,
+        backend_port,
+        &load_cpus,
+        1,
+    )?;
     let spooky = targets::start_spooky(
         &options.spooky,
         &options.out_dir,

@@ -96,10 +96,15 @@ fn spawn(
     })
 }
 
-/// Starts `spooky-bench backend` (this executable) on `port`.
-pub fn start_backend(dir: &Path, port: u16, cpus: &str, threads: usize) -> Result<Server, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut command = pinned(cpus, &exe);
+/// Starts `spooky-bench backend` (the executable at `bench`) on `port`.
+pub fn start_backend(
+    bench: &Path,
+    dir: &Path,
+    port: u16,
+    cpus: &str,
+    threads: usize,
+) -> Result<Server, String> {
+    let mut command = pinned(cpus, bench);
     command
         .args(["backend", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
