@@ -225,6 +225,9 @@ fn run_demo(port: u16) -> ExitCode {
 /// The demo has no configuration file; a short drain keeps Ctrl-C snappy.
 const DEMO_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a shard may stay stalled before the process exits.
+const STALL_EXIT_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn serve_with(
     settings: ProxySettings,
     drain_timeout: Duration,
@@ -246,6 +249,9 @@ fn serve_with(
             return ExitCode::FAILURE;
         }
     };
+    // A stalled shard drops its share of the traffic; a restart by the service manager is the
+    // better outcome (see spooky::watchdog).
+    proxy.exit_on_stall(STALL_EXIT_AFTER);
     log::info!(
         "spooky listening on udp {} with {} shard(s) on cpus {:?}",
         proxy.local_addr(),

@@ -177,10 +177,18 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
     per_shard(
         out,
         shards,
-        "spooky_shard_stall_wakeups_total",
+        "spooky_shard_stalls_total",
         "counter",
-        "Times the watchdog found the shard's event loop stalled and woke it.",
-        |s| &s.stall_wakeups,
+        "Times the shard's event loop stood still for 1 s or more.",
+        |s| &s.stalls,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_shard_stalled",
+        "gauge",
+        "1 while the shard's event loop stands still.",
+        |s| &s.stalled,
     );
     per_shard(
         out,

@@ -174,6 +174,13 @@ impl RunningProxy {
         })
     }
 
+    /// Ends the process when a shard stays stalled for `limit` (see `crate::watchdog`).
+    pub fn exit_on_stall(&self, limit: Duration) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.exit_after(limit);
+        }
+    }
+
     /// Whether the kernel steers packets by connection ID (see `shards::steering`).
     pub fn kernel_steering(&self) -> bool {
         self.steering.is_some()
@@ -274,8 +281,8 @@ impl RunningProxy {
     }
 
     fn join(&mut self) -> Result<(), shards::ShardError> {
-        // The watchdog keeps running while shards drain: a stalled shard would otherwise never
-        // see its stop message.
+        // The watchdog keeps running while shards drain: a shard that stalls then would otherwise
+        // hold the stop forever.
         let mut first_error = Ok(());
         for shard in &mut self.shards {
             if let Some(thread) = shard.thread.take() {

@@ -228,3 +228,43 @@ fn restarting_one_process_keeps_the_other_processes_connections() {
     }
     assert!(served_by_restarted);
 }
+
+#[test]
+fn client_migrating_with_a_spare_id_keeps_its_connection() {
+    let backend = start_backend("migrate");
+    let proxy = Proxy::start(
+        "migrate",
+        &format!(
+            "[runtime]\ncores = [0, 1]\n\n[quic]\nsteering = \"off\"\n\n{}",
+            pool("main", "/", &[&backend], "")
+        ),
+    );
+    let mut client = proxy.client();
+    // Several migrations, each to a new address with one of the spare IDs the server offered
+    // (the client accepts up to 4 IDs, so 3 spares).
+    for round in 0..3 {
+        get_checked(&mut client, 20_000);
+        assert!(
+            common::eventually(Duration::from_secs(5), || {
+                // Requests let the client read the server's NEW_CONNECTION_ID frames.
+                get_checked(&mut client, 10);
+                client.spare_server_ids() > 0
+            }),
+            "round {round}: the server offered no spare connection ID"
+        );
+        let before = client.server_cid();
+        client.migrate().unwrap();
+        get_checked(&mut client, 200_000);
+        assert_ne!(
+            client.server_cid(),
+            before,
+            "round {round}: the ID did not change"
+        );
+        assert_eq!(
+            owner_key(&client),
+            u16::from_be_bytes([before[0], before[1]]),
+            "spare IDs name the same shard"
+        );
+    }
+    assert_eq!(accepted(&proxy), 1, "the client kept its one connection");
+}

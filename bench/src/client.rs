@@ -271,6 +271,8 @@ impl H3Client {
         config.set_initial_max_stream_data_uni(1024 * 1024);
         config.set_initial_max_streams_bidi(1000);
         config.set_initial_max_streams_uni(100);
+        // Room for the server's spare IDs: each migration uses one.
+        config.set_active_connection_id_limit(4);
         let scid_bytes = random_cid();
         let scid = quiche::ConnectionId::from_ref(&scid_bytes);
         let mut conn = quiche::connect(
@@ -294,6 +296,7 @@ impl H3Client {
             }
             wait_and_receive(&socket, &mut conn, &mut buf, local, deadline)?;
         }
+        offer_spare_ids(&mut conn);
         let h3 = quiche::h3::Connection::with_transport(
             &mut conn,
             &quiche::h3::Config::new().map_err(|e| ClientError::Tls(e.to_string()))?,
@@ -328,6 +331,38 @@ impl H3Client {
         let address = socket.local_addr()?;
         self.socket = socket;
         Ok(address)
+    }
+
+    /// Moves the connection to a new local address on purpose (active migration, RFC 9000 §9):
+    /// the client switches to one of the spare connection IDs the server offered, and QUIC
+    /// validates the new path. Returns the new source address.
+    pub fn migrate(&mut self) -> Result<SocketAddr, ClientError> {
+        let bind: SocketAddr = if self.options.server.is_ipv6() {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        };
+        let socket = UdpSocket::bind(bind)?;
+        socket.connect(self.options.server)?;
+        // The address QUIC tracks must be the one packets really come from.
+        let address = match socket.local_addr()? {
+            SocketAddr::V4(a) if a.ip().is_unspecified() => {
+                SocketAddr::new(self.local.ip(), a.port())
+            }
+            other => other,
+        };
+        self.conn
+            .migrate(address, self.options.server)
+            .map_err(|e| ClientError::Protocol(format!("migration refused: {e}")))?;
+        self.socket = socket;
+        self.local = address;
+        offer_spare_ids(&mut self.conn);
+        Ok(address)
+    }
+
+    /// Spare connection IDs the server has offered and the client has not used yet.
+    pub fn spare_server_ids(&self) -> usize {
+        self.conn.available_dcids()
     }
 
     /// The connection ID the server issued for this connection (where the client sends).
@@ -710,6 +745,21 @@ fn fail_all(
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(again(&error))))
         .collect()
+}
+
+/// Offers the server spare client connection IDs up to its limit: migrating needs a fresh ID in
+/// each direction.
+fn offer_spare_ids(conn: &mut quiche::Connection) {
+    while conn.scids_left() > 0 {
+        let cid = random_cid();
+        let token = u128::from_be_bytes(random_cid());
+        if conn
+            .new_scid(&quiche::ConnectionId::from_ref(&cid), token, false)
+            .is_err()
+        {
+            break;
+        }
+    }
 }
 
 fn flush(

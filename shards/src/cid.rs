@@ -47,6 +47,26 @@ impl CidMinter {
     }
 }
 
+impl CidMinter {
+    /// A further ID for the connection whose first ID is `primary` (its `seq`-th spare, offered
+    /// to the client for migration). It names the same shard.
+    pub fn spare(&self, primary: &ServerCid, seq: u64) -> ServerCid {
+        let mut input = [0u8; SERVER_CID_LEN + 8];
+        input[..SERVER_CID_LEN].copy_from_slice(primary);
+        input[SERVER_CID_LEN..].copy_from_slice(&seq.to_be_bytes());
+        self.derive(&input)
+    }
+
+    /// The stateless reset token that goes with `cid` (RFC 9000 §10.3): derived, so it needs no
+    /// storage and cannot be guessed without the secret.
+    pub fn reset_token(&self, cid: &ServerCid) -> u128 {
+        let tag = hmac::sign(&self.key, &[b"reset".as_slice(), cid].concat());
+        let mut token = [0u8; 16];
+        token.copy_from_slice(&tag.as_ref()[..16]);
+        u128::from_be_bytes(token)
+    }
+}
+
 /// The steering key carried by a connection ID of ours.
 pub fn steering_key(cid: &ServerCid) -> u16 {
     u16::from_be_bytes([cid[0], cid[1]])
@@ -82,6 +102,18 @@ mod tests {
         let a = CidMinter::new(&[1; 32], 0).derive(b"abcdefgh");
         let b = CidMinter::new(&[2; 32], 0).derive(b"abcdefgh");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn spares_name_the_same_shard_and_differ() {
+        let minter = CidMinter::new(&[7; 32], 5);
+        let primary = minter.derive(b"abcdefgh");
+        let one = minter.spare(&primary, 1);
+        let two = minter.spare(&primary, 2);
+        assert_ne!(one, two);
+        assert_ne!(one, primary);
+        assert_eq!(steering_key(&one), 5);
+        assert_ne!(minter.reset_token(&one), minter.reset_token(&two));
     }
 
     #[test]

@@ -23,6 +23,8 @@ use crate::udp::SendBatch;
 
 /// Largest datagram we accept or build.
 pub const MAX_DATAGRAM: usize = 65_535;
+/// Spare connection IDs offered per connection (clients usually accept 1 to 7).
+const MAX_SPARE_IDS: usize = 3;
 /// RFC 9000 §14.1: a client Initial smaller than this must be dropped.
 const MIN_INITIAL_LEN: usize = 1200;
 
@@ -71,6 +73,10 @@ pub struct Connection {
     pub next_request_stream: u64,
     /// Set once we sent GOAWAY: request streams from this id on are refused.
     pub goaway_from: Option<u64>,
+    /// Spare IDs offered to the client for migration (keys of `Connections::aliases`).
+    aliases: Vec<ServerCid>,
+    /// Spares issued so far: the sequence for the next one.
+    spares_issued: u64,
     /// Earliest deadline this connection has in the timer heap, if any.
     armed: Option<Instant>,
     dirty: bool,
@@ -82,6 +88,8 @@ pub struct Connections {
     pub h3_config: quiche::h3::Config,
     minter: CidMinter,
     pub table: AHashMap<ServerCid, Connection>,
+    /// Spare connection IDs, each to the ID the connection is keyed by.
+    aliases: AHashMap<ServerCid, ServerCid>,
     timers: BinaryHeap<Reverse<(Instant, ServerCid)>>,
     dirty: Vec<ServerCid>,
     socket: UdpSocket,
@@ -129,6 +137,7 @@ impl Connections {
             h3_config,
             minter,
             table: AHashMap::new(),
+            aliases: AHashMap::new(),
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             socket,
@@ -184,6 +193,12 @@ impl Connections {
             conn.handshake_counted = true;
             self.stats.handshakes_completed.incr();
         }
+        if conn.handshake_counted {
+            self.manage_spare_ids(cid);
+        }
+        let Some(conn) = self.table.get_mut(&cid) else {
+            return Destination::Dropped;
+        };
         if conn.h3.is_none() && (conn.quic.is_established() || conn.quic.is_in_early_data()) {
             match quiche::h3::Connection::with_transport(&mut conn.quic, &self.h3_config) {
                 Ok(h3) => conn.h3 = Some(h3),
@@ -217,6 +232,7 @@ impl Connections {
             }
         };
         if let Some(cid) = as_server_cid(&header.dcid) {
+            let cid = self.aliases.get(&cid).copied().unwrap_or(cid);
             if self.table.contains_key(&cid) {
                 return Ok(cid);
             }
@@ -262,6 +278,8 @@ impl Connections {
                         streams: AHashMap::new(),
                         next_request_stream: 0,
                         goaway_from: None,
+                        aliases: Vec::new(),
+                        spares_issued: 0,
                         armed: None,
                         dirty: false,
                         handshake_counted: false,
@@ -273,6 +291,38 @@ impl Connections {
                 log::debug!("accept from {from} failed: {e}");
                 self.stats.datagrams_dropped_malformed.incr();
                 Err(Destination::Dropped)
+            }
+        }
+    }
+
+    /// Forgets the spare IDs the client retired and offers new ones up to its limit, so a
+    /// client can always move to a new address with a fresh ID (RFC 9000 §9.5).
+    fn manage_spare_ids(&mut self, cid: ServerCid) {
+        let Some(conn) = self.table.get_mut(&cid) else {
+            return;
+        };
+        while let Some(retired) = conn.quic.retired_scid_next() {
+            if let Some(alias) = as_server_cid(&retired) {
+                self.aliases.remove(&alias);
+                conn.aliases.retain(|a| *a != alias);
+            }
+        }
+        while conn.quic.scids_left() > 0 && conn.aliases.len() < MAX_SPARE_IDS {
+            conn.spares_issued += 1;
+            let spare = self.minter.spare(&cid, conn.spares_issued);
+            let token = self.minter.reset_token(&spare);
+            match conn
+                .quic
+                .new_scid(&quiche::ConnectionId::from_ref(&spare), token, false)
+            {
+                Ok(_) => {
+                    conn.aliases.push(spare);
+                    self.aliases.insert(spare, cid);
+                }
+                Err(e) => {
+                    log::debug!("offering a spare connection ID failed: {e}");
+                    break;
+                }
             }
         }
     }
@@ -396,6 +446,9 @@ impl Connections {
 
     fn remove(&mut self, cid: ServerCid) {
         if let Some(mut conn) = self.table.remove(&cid) {
+            for alias in &conn.aliases {
+                self.aliases.remove(alias);
+            }
             self.stats.connections_active.sub(1);
             if !conn.handshake_counted {
                 self.stats.handshake_failures.incr();

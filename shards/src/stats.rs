@@ -118,9 +118,10 @@ pub struct ShardStats {
     pub running: Counter,
     /// Control ticks run (one per 10 ms while the event loop turns); read by the watchdog.
     pub heartbeat: Counter,
-    /// Times the watchdog found the shard stalled and woke it. Written by the watchdog thread,
-    /// its only writer.
-    pub stall_wakeups: Counter,
+    /// Stall episodes (heartbeat still for 1 s) and whether the shard is stalled now (gauge).
+    /// Written by the watchdog thread, their only writer.
+    pub stalls: Counter,
+    pub stalled: Counter,
     pub datagrams_received: Counter,
     pub datagrams_sent: Counter,
     pub bytes_received: Counter,
