@@ -1,12 +1,13 @@
 //! The shard watchdog: notices a shard whose event loop stopped turning, and (in the `spooky`
 //! binary) ends the process so the service manager restarts it.
 //!
-//! On these machines glommio 0.9 executors have stopped for good after minutes of uptime: the
-//! shard thread sleeps in `io_uring_enter` while its socket's receive queue fills, its 10 ms
-//! timer no longer fires, and interrupting the sleep with a signal does not revive it. Until
-//! the cause in glommio is found, a stalled shard silently drops its share of the traffic, which
-//! is worse than a restart. So every shard bumps a heartbeat on its 10 ms control tick, and this
-//! thread checks the heartbeats every 250 ms:
+//! A shard's event loop once stopped for good after 5.5 minutes of uptime: glommio 0.9 keeps a
+//! waker reference per re-poll of a pending datagram operation, the shard's main task re-polled
+//! its socket read on every 10 ms tick, and the task's 16-bit reference count overflowed (see
+//! `shards::shard::run`, where the read now has its own task). Nothing in the shard reported it:
+//! the shard simply stopped taking packets. This watchdog makes any such failure visible and
+//! bounded. Every shard bumps a heartbeat on its 10 ms control tick, and this thread checks the
+//! heartbeats every 250 ms:
 //!
 //! - a heartbeat that has not moved for 1 s marks the shard stalled (`spooky_shard_stalled` 1,
 //!   `spooky_shard_stalls_total` +1, a warning in the log);

@@ -237,11 +237,14 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
     glommio::spawn_local(flusher(shard.clone())).detach();
     glommio::spawn_local(inbox_loop(shard.clone(), wait_inbox)).detach();
     glommio::spawn_local(timers(shard.clone())).detach();
-    let outcome = future::or(
-        receive_loop(shard.clone(), wait_socket),
-        control_loop(shard.clone(), control),
-    )
-    .await;
+    // The receive loop must be a task of its own. glommio 0.9 keeps one more waker reference
+    // every time a pending datagram operation is polled again (`Source::collect_rw`), until the
+    // operation completes; when this loop shared a task with the 10 ms control tick, every tick
+    // re-polled the pending read, and on an idle socket the task's 16-bit reference count
+    // overflowed after 32,767 ticks (5.5 minutes): the next wake-up panicked inside glommio and
+    // the shard never ran again. Alone in its task, the read is only polled when it completes.
+    let receiver = glommio::spawn_local(receive_loop(shard.clone(), wait_socket));
+    let outcome = future::or(receiver, control_loop(shard.clone(), control)).await;
     stats.running.set(0);
     log::info!("shard {index} stopped");
     outcome

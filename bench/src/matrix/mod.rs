@@ -47,6 +47,16 @@ struct Scenario {
 
 pub fn run(options: &MatrixOptions) -> Result<String, String> {
     std::fs::create_dir_all(&options.out_dir).map_err(|e| e.to_string())?;
+    // Absolute, because the generated configurations name files in it and Spooky resolves
+    // relative paths against the configuration file's own directory.
+    let out_dir = options
+        .out_dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", options.out_dir.display()))?;
+    let options = &MatrixOptions {
+        out_dir,
+        ..options.clone()
+    };
     targets::pin_self(&options.load_cpus)
         .map_err(|e| format!("pinning the load generator: {e}"))?;
     let certificate = targets::write_certificate(&options.out_dir)?;
