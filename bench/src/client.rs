@@ -240,39 +240,10 @@ pub struct H3Client {
 impl H3Client {
     /// Connects and completes the QUIC handshake.
     pub fn connect(options: ClientOptions) -> Result<H3Client, ClientError> {
-        let bind: SocketAddr = if options.server.is_ipv6() {
-            "[::]:0".parse().expect("literal")
-        } else {
-            "0.0.0.0:0".parse().expect("literal")
-        };
-        let socket = UdpSocket::bind(bind)?;
-        socket.connect(options.server)?;
+        let socket = bind_connected(options.server)?;
         let local = socket.local_addr()?;
         let tls = |e: quiche::Error| ClientError::Tls(e.to_string());
-        let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).map_err(tls)?;
-        match &options.verify {
-            Verify::Insecure => config.verify_peer(false),
-            Verify::Ca(path) => {
-                config
-                    .load_verify_locations_from_file(&path.to_string_lossy())
-                    .map_err(tls)?;
-                config.verify_peer(true);
-            }
-        }
-        config
-            .set_application_protos(quiche::h3::APPLICATION_PROTOCOL)
-            .map_err(tls)?;
-        config.set_max_idle_timeout(options.timeout.as_millis() as u64);
-        config.set_max_recv_udp_payload_size(65_535);
-        config.set_max_send_udp_payload_size(1350);
-        config.set_initial_max_data(32 * 1024 * 1024);
-        config.set_initial_max_stream_data_bidi_local(4 * 1024 * 1024);
-        config.set_initial_max_stream_data_bidi_remote(4 * 1024 * 1024);
-        config.set_initial_max_stream_data_uni(1024 * 1024);
-        config.set_initial_max_streams_bidi(1000);
-        config.set_initial_max_streams_uni(100);
-        // Room for the server's spare IDs: each migration uses one.
-        config.set_active_connection_id_limit(4);
+        let mut config = client_config(&options.verify, options.timeout).map_err(tls)?;
         let scid_bytes = random_cid();
         let scid = quiche::ConnectionId::from_ref(&scid_bytes);
         let mut conn = quiche::connect(
@@ -321,13 +292,7 @@ impl H3Client {
     /// NAT rebinding does: the server sees the client's address change mid-connection. Returns
     /// the new source address.
     pub fn rebind(&mut self) -> Result<SocketAddr, ClientError> {
-        let bind: SocketAddr = if self.options.server.is_ipv6() {
-            "[::]:0".parse().expect("literal")
-        } else {
-            "0.0.0.0:0".parse().expect("literal")
-        };
-        let socket = UdpSocket::bind(bind)?;
-        socket.connect(self.options.server)?;
+        let socket = bind_connected(self.options.server)?;
         let address = socket.local_addr()?;
         self.socket = socket;
         Ok(address)
@@ -337,13 +302,7 @@ impl H3Client {
     /// the client switches to one of the spare connection IDs the server offered, and QUIC
     /// validates the new path. Returns the new source address.
     pub fn migrate(&mut self) -> Result<SocketAddr, ClientError> {
-        let bind: SocketAddr = if self.options.server.is_ipv6() {
-            "[::]:0".parse().expect("literal")
-        } else {
-            "0.0.0.0:0".parse().expect("literal")
-        };
-        let socket = UdpSocket::bind(bind)?;
-        socket.connect(self.options.server)?;
+        let socket = bind_connected(self.options.server)?;
         // The address QUIC tracks must be the one packets really come from.
         let address = match socket.local_addr()? {
             SocketAddr::V4(a) if a.ip().is_unspecified() => {
@@ -745,6 +704,47 @@ fn fail_all(
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(again(&error))))
         .collect()
+}
+
+/// The QUIC configuration of every client connection spooky-bench opens (tests, `get`, load):
+/// windows large enough for bulk transfers, room for 1000 concurrent requests, and for the
+/// server's spare connection IDs (each migration uses one).
+pub fn client_config(
+    verify: &Verify,
+    idle_timeout: Duration,
+) -> Result<quiche::Config, quiche::Error> {
+    let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION)?;
+    match verify {
+        Verify::Insecure => config.verify_peer(false),
+        Verify::Ca(path) => {
+            config.load_verify_locations_from_file(&path.to_string_lossy())?;
+            config.verify_peer(true);
+        }
+    }
+    config.set_application_protos(quiche::h3::APPLICATION_PROTOCOL)?;
+    config.set_max_idle_timeout(idle_timeout.as_millis() as u64);
+    config.set_max_recv_udp_payload_size(65_535);
+    config.set_max_send_udp_payload_size(1350);
+    config.set_initial_max_data(64 * 1024 * 1024);
+    config.set_initial_max_stream_data_bidi_local(16 * 1024 * 1024);
+    config.set_initial_max_stream_data_bidi_remote(4 * 1024 * 1024);
+    config.set_initial_max_stream_data_uni(1024 * 1024);
+    config.set_initial_max_streams_bidi(1000);
+    config.set_initial_max_streams_uni(100);
+    config.set_active_connection_id_limit(4);
+    Ok(config)
+}
+
+/// A new UDP socket on an ephemeral port, connected to `server`.
+pub fn bind_connected(server: SocketAddr) -> std::io::Result<UdpSocket> {
+    let bind: SocketAddr = if server.is_ipv6() {
+        "[::]:0".parse().expect("literal")
+    } else {
+        "0.0.0.0:0".parse().expect("literal")
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.connect(server)?;
+    Ok(socket)
 }
 
 /// Offers the server spare client connection IDs up to its limit: migrating needs a fresh ID in

@@ -15,7 +15,6 @@ use super::schedule::Pacer;
 use super::stats::{ErrorKind, Recorder};
 use super::ThreadPlan;
 use crate::backend::pattern_byte;
-use crate::client::Verify;
 
 const H3_NO_ERROR: u64 = 0x100;
 const H3_REQUEST_CANCELLED: u64 = 0x10c;
@@ -205,15 +204,8 @@ impl Loader {
 
     fn connect(&mut self, now: Instant) -> Result<Conn, String> {
         let target = &self.plan.target;
-        let bind: SocketAddr = if target.server.is_ipv6() {
-            "[::]:0".parse().expect("literal")
-        } else {
-            "0.0.0.0:0".parse().expect("literal")
-        };
-        let socket = UdpSocket::bind(bind).map_err(|e| format!("udp bind: {e}"))?;
-        socket
-            .connect(target.server)
-            .map_err(|e| format!("udp connect: {e}"))?;
+        let socket = crate::client::bind_connected(target.server)
+            .map_err(|e| format!("udp socket to {}: {e}", target.server))?;
         socket.set_nonblocking(true).map_err(|e| e.to_string())?;
         let local = socket.local_addr().map_err(|e| e.to_string())?;
         let mut scid = [0u8; 16];
@@ -558,34 +550,12 @@ fn parse(value: &[u8]) -> Option<u64> {
 }
 
 fn client_config(plan: &ThreadPlan) -> Result<quiche::Config, String> {
-    let tls = |e: quiche::Error| format!("quic config: {e}");
-    let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).map_err(tls)?;
-    match &plan.options.verify {
-        Verify::Insecure => config.verify_peer(false),
-        Verify::Ca(path) => {
-            config
-                .load_verify_locations_from_file(&path.to_string_lossy())
-                .map_err(tls)?;
-            config.verify_peer(true);
-        }
-    }
-    config
-        .set_application_protos(quiche::h3::APPLICATION_PROTOCOL)
-        .map_err(tls)?;
     let idle = plan
         .options
         .idle_hold
         .map_or(plan.options.request_timeout, |hold| {
             hold + plan.options.request_timeout
         });
-    config.set_max_idle_timeout(idle.as_millis() as u64);
-    config.set_max_recv_udp_payload_size(65_535);
-    config.set_max_send_udp_payload_size(1350);
-    config.set_initial_max_data(64 * 1024 * 1024);
-    config.set_initial_max_stream_data_bidi_local(16 * 1024 * 1024);
-    config.set_initial_max_stream_data_bidi_remote(1024 * 1024);
-    config.set_initial_max_stream_data_uni(1024 * 1024);
-    config.set_initial_max_streams_bidi(1000);
-    config.set_initial_max_streams_uni(100);
-    Ok(config)
+    crate::client::client_config(&plan.options.verify, idle)
+        .map_err(|e| format!("quic config: {e}"))
 }
