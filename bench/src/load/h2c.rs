@@ -60,7 +60,13 @@ impl Shared {
     }
 }
 
-async fn drive(plan: ThreadPlan) -> Result<Recorder, String> {
+async fn drive(mut plan: ThreadPlan) -> Result<Recorder, String> {
+    let mut senders = Vec::new();
+    for _ in 0..plan.connections {
+        senders.push(connect(&plan).await?);
+    }
+    // The run starts once the connections are up: no request is due before it could be sent.
+    plan.restart_clock(Instant::now());
     let recording = plan.record_from <= plan.start;
     let shared = Rc::new(Shared {
         body: (0..BODY_CHUNK as u64 + 251)
@@ -74,10 +80,6 @@ async fn drive(plan: ThreadPlan) -> Result<Recorder, String> {
         issued: Cell::new(0),
         plan,
     });
-    let mut senders = Vec::new();
-    for _ in 0..shared.plan.connections {
-        senders.push(connect(&shared.plan).await?);
-    }
     let mut tasks = Vec::new();
     if let Some(rate) = shared.plan.rate {
         let mut timer = PreciseTimer::new().map_err(|e| format!("timerfd: {e}"))?;

@@ -128,7 +128,53 @@ impl Loader {
         })
     }
 
+    /// Opens every connection and waits (up to the request timeout) until each can carry
+    /// requests, then starts the run's clock.
+    fn connect_all(&mut self) -> Result<(), String> {
+        let mut ready = Vec::new();
+        let limit = Instant::now() + self.plan.options.request_timeout;
+        loop {
+            let now = Instant::now();
+            self.open_missing(now)?;
+            let all_up = self
+                .conns
+                .iter()
+                .all(|c| c.as_ref().is_some_and(|c| c.h3.is_some()));
+            if all_up || now >= limit {
+                break;
+            }
+            self.flush_all();
+            let timeout = self
+                .conns
+                .iter()
+                .flatten()
+                .filter_map(|c| c.quic.timeout_instant())
+                .min()
+                .map_or(limit, |t| t.min(limit))
+                .saturating_duration_since(Instant::now());
+            ready.clear();
+            self.poller
+                .wait(Some(timeout), &mut ready)
+                .map_err(|e| format!("epoll: {e}"))?;
+            for &token in &ready {
+                self.receive(token as usize);
+            }
+            let now = Instant::now();
+            for slot in 0..self.conns.len() {
+                self.service(slot, now);
+            }
+        }
+        self.plan.restart_clock(Instant::now());
+        if let Some(rate) = self.plan.rate {
+            self.pacer = Some(Pacer::new(self.plan.start, rate));
+        }
+        Ok(())
+    }
+
     fn run(&mut self) -> Result<(), String> {
+        if !self.plan.options.handshake_only && self.plan.options.idle_hold.is_none() {
+            self.connect_all()?;
+        }
         let mut ready = Vec::new();
         let mut idle_since: Option<Instant> = None;
         loop {

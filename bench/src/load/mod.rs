@@ -159,6 +159,16 @@ pub(crate) struct ThreadPlan {
 }
 
 impl ThreadPlan {
+    /// Moves the start of the run (and with it the warm-up end and the stop time) to `now`:
+    /// called once the thread's connections are up, so that no request is due before it could
+    /// be sent and handshakes never count as request latency.
+    pub fn restart_clock(&mut self, now: Instant) {
+        let shift = now.saturating_duration_since(self.start);
+        self.start += shift;
+        self.record_from += shift;
+        self.stop_at = self.stop_at.map(|t| t + shift);
+    }
+
     /// Whether the thread's work is done.
     pub fn done(&self, now: Instant, recorder: &Recorder) -> bool {
         self.stop_at.is_some_and(|t| now >= t)
