@@ -152,17 +152,7 @@ impl Loader {
                 .min()
                 .map_or(limit, |t| t.min(limit))
                 .saturating_duration_since(Instant::now());
-            ready.clear();
-            self.poller
-                .wait(Some(timeout), &mut ready)
-                .map_err(|e| format!("epoll: {e}"))?;
-            for &token in &ready {
-                self.receive(token as usize);
-            }
-            let now = Instant::now();
-            for slot in 0..self.conns.len() {
-                self.service(slot, now);
-            }
+            self.wait_and_service(Some(timeout), &mut ready)?;
         }
         self.plan.restart_clock(Instant::now());
         if let Some(rate) = self.plan.rate {
@@ -218,19 +208,30 @@ impl Loader {
             let timeout = self
                 .next_deadline()
                 .map(|t| t.saturating_duration_since(Instant::now()));
-            ready.clear();
-            self.poller
-                .wait(timeout, &mut ready)
-                .map_err(|e| format!("epoll: {e}"))?;
-            for &token in &ready {
-                self.receive(token as usize);
-            }
-            let now = Instant::now();
-            for slot in 0..self.conns.len() {
-                self.service(slot, now);
-            }
+            self.wait_and_service(timeout, &mut ready)?;
         }
         self.close_all();
+        Ok(())
+    }
+
+    /// One turn of the event loop after sending: waits for sockets or `timeout`, reads what
+    /// arrived, then runs timeouts and HTTP/3 events for every slot.
+    fn wait_and_service(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+        ready: &mut Vec<u64>,
+    ) -> Result<(), String> {
+        ready.clear();
+        self.poller
+            .wait(timeout, ready)
+            .map_err(|e| format!("epoll: {e}"))?;
+        for &token in ready.iter() {
+            self.receive(token as usize);
+        }
+        let now = Instant::now();
+        for slot in 0..self.conns.len() {
+            self.service(slot, now);
+        }
         Ok(())
     }
 
