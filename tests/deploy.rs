@@ -314,9 +314,89 @@ fn scripts_are_shellcheck_clean() {
         return;
     }
     let out = Command::new("shellcheck")
-        .args(["scripts/install.sh", "scripts/tune-kernel.sh"])
+        .args([
+            "scripts/install.sh",
+            "scripts/tune-kernel.sh",
+            "scripts/setup.sh",
+            "scripts/test.sh",
+            "scripts/demo.sh",
+        ])
         .current_dir(repo())
         .output()
         .expect("run shellcheck");
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Runs `missing_packages` from `scripts/setup.sh` against a fake root and a fake `ldconfig -p`
+/// listing, with a PATH holding only stubs for the named commands. Returns the packages it asks for.
+fn packages_setup_asks_for(root: &Path, ldconfig_lines: &[&str], commands: &[&str]) -> Vec<String> {
+    let bin = root.join("fake-bin");
+    fs::create_dir_all(&bin).unwrap();
+    for command in commands {
+        let stub = bin.join(command);
+        fs::write(&stub, "#!/bin/sh\nexit 0\n").unwrap();
+        fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let listing = root.join("ldconfig-p.txt");
+    fs::write(&listing, ldconfig_lines.join("\n")).unwrap();
+    let out = Command::new("/bin/bash")
+        .arg("-c")
+        .arg("source scripts/setup.sh && missing_packages \"$1\" \"$2\"")
+        .arg("test")
+        .arg(root)
+        .arg(&listing)
+        .current_dir(repo())
+        .env_clear()
+        .env("PATH", &bin)
+        .output()
+        .expect("run scripts/setup.sh");
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+const BUILD_COMMANDS: [&str; 4] = ["cmake", "git", "cc", "c++"];
+const LIBCLANG_CPP_ONLY: &str =
+    "\tlibclang-cpp.so.14 (libc6,x86-64) => /lib/x86_64-linux-gnu/libclang-cpp.so.14";
+
+#[test]
+fn setup_asks_for_libclang_dev_when_only_libclang_cpp_is_present() {
+    let root = scratch("setup-cpp-only");
+    let lib = root.join("usr/lib/x86_64-linux-gnu");
+    fs::create_dir_all(&lib).unwrap();
+    fs::write(lib.join("libclang-cpp.so.14"), "").unwrap();
+    fs::create_dir_all(root.join("usr/lib/llvm-14/lib")).unwrap();
+    fs::write(root.join("usr/lib/llvm-14/lib/libclang-cpp.so.14"), "").unwrap();
+    let asked = packages_setup_asks_for(&root, &[LIBCLANG_CPP_ONLY], &BUILD_COMMANDS);
+    assert_eq!(asked, ["libclang-dev"]);
+    fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn setup_asks_for_nothing_when_libclang_so_1_is_present() {
+    let root = scratch("setup-libclang1");
+    let lib = root.join("usr/lib/llvm-14/lib");
+    fs::create_dir_all(&lib).unwrap();
+    fs::write(lib.join("libclang.so.1"), "").unwrap();
+    let asked = packages_setup_asks_for(&root, &[LIBCLANG_CPP_ONLY], &BUILD_COMMANDS);
+    assert!(asked.is_empty(), "asked for {asked:?}");
+    fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn setup_finds_libclang_through_the_linker_cache_and_asks_for_missing_tools() {
+    let root = scratch("setup-ldcache");
+    let listing = [
+        LIBCLANG_CPP_ONLY,
+        "\tlibclang-14.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libclang-14.so.1",
+    ];
+    let asked = packages_setup_asks_for(&root, &listing, &["cc"]);
+    assert_eq!(asked, ["cmake", "git", "build-essential"]);
+    fs::remove_dir_all(&root).ok();
+    let bare = scratch("setup-bare");
+    let asked = packages_setup_asks_for(&bare, &[LIBCLANG_CPP_ONLY], &[]);
+    assert_eq!(asked, ["cmake", "git", "build-essential", "libclang-dev"]);
+    fs::remove_dir_all(&bare).ok();
 }
