@@ -9,11 +9,31 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use shards::plan::{
-    BackendPlan, Balancing, ProxyPlan, QuicSettings, RoutePlan, TlsFiles, UpstreamPlan,
-    UpstreamTimeouts,
+    BackendPlan, Balancing, ProxyPlan, QuicSettings, RoutePlan, SteeringMode, TlsFiles,
+    UpstreamPlan, UpstreamTimeouts,
 };
 
 use crate::{demo_backend, selfsigned, ProxySettings};
+
+/// How to run `spooky-bench` from here: the binary built beside this one (as `cargo build`
+/// leaves it, `target/release/spooky-bench` from the clone), else through cargo.
+fn bench_command() -> String {
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("spooky-bench"))
+        .filter(|bench| bench.is_file());
+    match beside {
+        Some(bench) => {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            bench
+                .strip_prefix(&cwd)
+                .unwrap_or(&bench)
+                .display()
+                .to_string()
+        }
+        None => "cargo run --release -p spooky-bench --".into(),
+    }
+}
 
 /// Builds the demo's settings and the text that tells the user what to do next.
 pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
@@ -28,7 +48,12 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
             cert_chain: certs.cert_chain.clone(),
             private_key: certs.private_key.clone(),
         },
-        quic: QuicSettings::default(),
+        // One process with one shard: there is no other socket to steer packets to, so the
+        // kernel's address hash is exact and loading the steering program would only warn.
+        quic: QuicSettings {
+            steering: SteeringMode::Off,
+            ..QuicSettings::default()
+        },
         upstreams: vec![UpstreamPlan {
             name: "demo".into(),
             route: RoutePlan {
@@ -55,9 +80,10 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
          \x20 HTTP/3 listener: https://localhost:{port}/ (UDP 127.0.0.1:{port})\n\
          \x20 built-in HTTP/2 backend: {backend}\n\
          \x20 CA certificate to trust: {}\n\
-         Try: spooky-bench get --ca {} https://localhost:{port}/hello\n\
+         Try: {} get --ca {} https://localhost:{port}/hello\n\
          Stop with Ctrl-C.",
         certs.ca.display(),
+        bench_command(),
         certs.ca.display(),
     );
     Ok((

@@ -322,10 +322,15 @@ fn start_steering(
             Ok(Some(steering))
         }
         Err(e) if quic.steering == SteeringMode::Auto => {
+            let fix = e
+                .remedy(&quic.bpf_pin_dir)
+                .map(|fix| format!("; to fix: {fix}"))
+                .unwrap_or_default();
             log::warn!(
-                "kernel steering unavailable ({e}); using the kernel's address hash: clients \
-                 whose address changes are handed between this process's shards, and a restart \
-                 of another process on this port can break its connections here"
+                "kernel steering unavailable ({e}){fix}. Meanwhile the kernel's address hash \
+                 spreads packets: clients whose address changes are handed between this \
+                 process's shards, and a restart of another process on this port can break its \
+                 connections here"
             );
             Ok(None)
         }

@@ -114,3 +114,64 @@ fn cores_flag_replaces_the_files_cpus_for_systemd_instances() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cores"));
 }
+
+/// `spooky --demo` (the README's first command) starts without a warning and prints a
+/// `spooky-bench` command that works as printed from the clone.
+#[test]
+fn demo_starts_quietly_and_its_suggested_command_works() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let port = common::free_udp_port().to_string();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_spooky"))
+        .args(["--demo", "--port", &port])
+        .current_dir(repo)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start spooky --demo");
+    let (lines, received) = mpsc::channel();
+    for pipe in [
+        Box::new(demo.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(demo.stderr.take().unwrap()),
+    ] {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+    }
+    let mut output = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !output.iter().any(|l: &String| l.contains("Stop with Ctrl-C")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) => output.push(line),
+            Err(_) => panic!("demo did not start in 60 s:\n{}", output.join("\n")),
+        }
+    }
+    let text = output.join("\n");
+    assert!(!text.contains("WARN"), "the demo warned:\n{text}");
+    let suggested = output
+        .iter()
+        .find_map(|l| l.strip_prefix("Try: "))
+        .unwrap_or_else(|| panic!("no suggested command:\n{text}"));
+    let words: Vec<&str> = suggested.split_whitespace().collect();
+    assert!(
+        words[0].ends_with("target/release/spooky-bench"),
+        "{suggested}"
+    );
+    let run = Command::new(words[0])
+        .args(&words[1..])
+        .current_dir(repo)
+        .output()
+        .expect("run the suggested command");
+    let _ = demo.kill();
+    let _ = demo.wait();
+    assert!(run.status.success(), "{suggested}: {run:?}");
+    assert!(!run.stdout.is_empty(), "{suggested}: empty response");
+}

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::Read;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -247,7 +247,7 @@ impl H3Client {
         let scid_bytes = random_cid();
         let scid = quiche::ConnectionId::from_ref(&scid_bytes);
         let mut conn = quiche::connect(
-            Some(&options.server_name),
+            sni_for(&options.server_name),
             &scid,
             local,
             options.server,
@@ -267,6 +267,7 @@ impl H3Client {
             }
             wait_and_receive(&socket, &mut conn, &mut buf, local, deadline)?;
         }
+        check_ip_literal(&conn, &options.server_name, &options.verify).map_err(ClientError::Tls)?;
         offer_spare_ids(&mut conn);
         let h3 = quiche::h3::Connection::with_transport(
             &mut conn,
@@ -733,6 +734,34 @@ pub fn client_config(
     config.set_initial_max_streams_uni(100);
     config.set_active_connection_id_limit(4);
     Ok(config)
+}
+
+/// The TLS server name to send for `host`. An IP literal is never sent as SNI (RFC 6066 §3), and
+/// BoringSSL's host name check would not match it against the certificate's IP addresses, so for
+/// an IP the name is checked after the handshake by [`check_ip_literal`].
+pub fn sni_for(host: &str) -> Option<&str> {
+    match host.parse::<IpAddr>() {
+        Ok(_) => None,
+        Err(_) => Some(host),
+    }
+}
+
+/// For an IP-literal `host` with a verified chain, checks that the server's certificate names
+/// that IP in its subject alternative names (RFC 9110 §4.3.4, RFC 6125). BoringSSL verified the
+/// chain against the CA during the handshake; without SNI it checked no name.
+pub fn check_ip_literal(conn: &quiche::Connection, host: &str, verify: &Verify) -> Result<(), String> {
+    let (Verify::Ca(_), Ok(ip)) = (verify, host.parse::<IpAddr>()) else {
+        return Ok(());
+    };
+    let der = conn
+        .peer_cert()
+        .ok_or_else(|| format!("{ip}: the server sent no certificate"))?;
+    let der = rustls_pki_types::CertificateDer::from(der);
+    let cert = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| format!("{ip}: unreadable server certificate: {e}"))?;
+    let name = rustls_pki_types::ServerName::IpAddress(ip.into());
+    cert.verify_is_valid_for_subject_name(&name)
+        .map_err(|e| format!("server certificate is not valid for {ip}: {e}"))
 }
 
 /// A new UDP socket on an ephemeral port, connected to `server`.

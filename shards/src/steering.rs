@@ -100,6 +100,38 @@ impl fmt::Display for SteeringError {
 
 impl std::error::Error for SteeringError {}
 
+impl SteeringError {
+    /// The one-line fix for the operator, when the cause is one we know.
+    pub fn remedy(&self, pin_dir: &Path) -> Option<String> {
+        let denied = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied
+            ) || e.raw_os_error() == Some(libc::EPERM)
+        };
+        match self {
+            SteeringError::Map(e) | SteeringError::Attach(e) if denied(e) => Some(CAP_BPF_FIX.into()),
+            SteeringError::Load { source, .. } if denied(source) => Some(CAP_BPF_FIX.into()),
+            SteeringError::Pin { source, .. } => Some(if denied(source) {
+                format!("make {} writable by this user", pin_dir.display())
+            } else {
+                format!(
+                    "mount bpffs (`mount -t bpf bpf /sys/fs/bpf`) so that {} can be created",
+                    pin_dir.display()
+                )
+            }),
+            SteeringError::KeyTooLarge(_) => {
+                Some(format!("run on CPUs numbered below {MAX_STEERING_KEYS}"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What grants the steering program's load: the spooky@ unit has it in AmbientCapabilities.
+const CAP_BPF_FIX: &str = "grant CAP_BPF (the spooky@ unit does; by hand: `setcap \
+     cap_bpf,cap_net_bind_service+ep` on the binary, or run as root)";
+
 /// Steering in place for one process's sockets. Keeps the map and program alive; the kernel
 /// keeps the attached program alive with the group.
 pub struct Steering {

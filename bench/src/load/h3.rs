@@ -259,7 +259,7 @@ impl Loader {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut scid)
             .map_err(|_| "no randomness".to_string())?;
         let quic = quiche::connect(
-            Some(&target.host),
+            crate::client::sni_for(&target.host),
             &quiche::ConnectionId::from_ref(&scid),
             local,
             target.server,
@@ -394,6 +394,16 @@ impl Loader {
         }
         if !conn.established && conn.quic.is_established() {
             conn.established = true;
+            let host = &self.plan.target.host;
+            if let Err(e) =
+                crate::client::check_ip_literal(&conn.quic, host, &self.plan.options.verify)
+            {
+                log::warn!("{e}");
+                self.recorder.error(ErrorKind::HandshakeFailed);
+                // TLS alert 42, bad_certificate (RFC 8446 §6.2), as a crypto error (RFC 9001 §4.8).
+                let _ = conn.quic.close(false, 0x100 + 42, b"");
+                return;
+            }
             self.recorder.connections_established += 1;
             match quiche::h3::Connection::with_transport(&mut conn.quic, &self.h3_config) {
                 Ok(h3) => conn.h3 = Some(h3),
