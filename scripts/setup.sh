@@ -63,7 +63,7 @@ missing_packages() {
 
 main() {
   local missing
-  mapfile -t missing < <(missing_packages)
+  mapfile -t missing < <(missing_packages "" "")
   # The test suite lints the shell scripts; installing shellcheck keeps that check from skipping.
   if [[ "${1:-}" == "--with-test-tools" ]] && ! command -v shellcheck >/dev/null 2>&1; then
     missing+=(shellcheck)
