@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
+use shards::balance::rng::XorShift64;
 use shards::plan::{HealthCheckPlan, ProxyPlan};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
@@ -166,15 +166,14 @@ async fn probe(address: SocketAddr, path: &str, timeout: Duration) -> bool {
         drop(driver);
         Some(response.status().is_success())
     };
-    let timed_out = async {
-        glommio::timer::sleep(timeout).await;
-        None
-    };
-    future::or(attempt, timed_out).await.unwrap_or(false)
+    shards::rt::within(timeout, attempt)
+        .await
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// Spreads check times; not cryptographic.
-struct Jitter(u64);
+struct Jitter(XorShift64);
 
 impl Jitter {
     fn new(seed: u64) -> Self {
@@ -182,15 +181,12 @@ impl Jitter {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
-        Jitter((nanos ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+        Jitter(XorShift64::new(nanos ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
     }
 
     /// A duration uniformly between `low` and `high` times `base`.
     fn fraction_of(&mut self, base: Duration, low: f64, high: f64) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let unit = (self.0 >> 11) as f64 / (1u64 << 53) as f64;
+        let unit = (self.0.next() >> 11) as f64 / (1u64 << 53) as f64;
         base.mul_f64(low + (high - low) * unit)
     }
 }

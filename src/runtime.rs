@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shards::handoff::{self, Inboxes};
+use shards::net::handoff::{self, Inboxes};
+use shards::net::steering::Steering;
 use shards::plan::{ProxyPlan, SteeringMode};
-use shards::steering::Steering;
 use shards::{ShardSpec, ShardStats, ShardThread};
 
 use crate::admin::{self, AdminView, SharedView};
@@ -35,7 +35,7 @@ pub enum StartError {
         address: SocketAddr,
         source: io::Error,
     },
-    Tls(shards::ShardError),
+    Tls(shards::quic::config::ConfigError),
     Shard {
         index: usize,
         source: shards::ShardError,
@@ -44,7 +44,7 @@ pub enum StartError {
     TooManyBackends,
     HealthChecker(io::Error),
     Inbox(io::Error),
-    Steering(shards::steering::SteeringError),
+    Steering(shards::net::steering::SteeringError),
     Watchdog(io::Error),
 }
 
@@ -103,12 +103,13 @@ pub struct RunningProxy {
 impl RunningProxy {
     pub fn start(settings: ProxySettings) -> Result<Self, StartError> {
         // Validate TLS material once, here, so a bad file fails startup instead of every shard.
-        shards::shard::quic_config(&settings.plan).map_err(StartError::Tls)?;
-        let sockets = shards::socket::bind_reuseport_group(settings.listen, settings.cores.len())
-            .map_err(|source| StartError::Bind {
-            address: settings.listen,
-            source,
-        })?;
+        shards::quic::config::quic_config(&settings.plan).map_err(StartError::Tls)?;
+        let sockets =
+            shards::net::reuseport::bind_reuseport_group(settings.listen, settings.cores.len())
+                .map_err(|source| StartError::Bind {
+                    address: settings.listen,
+                    source,
+                })?;
         let local_addr = sockets[0].local_addr().map_err(|source| StartError::Bind {
             address: settings.listen,
             source,
@@ -195,7 +196,7 @@ impl RunningProxy {
     /// routes, pools and balancing, new handshakes the new certificate. Settings that only a
     /// restart can change are left as they are and named in the returned list.
     pub fn reload(&mut self, mut settings: ProxySettings) -> Result<Vec<&'static str>, StartError> {
-        shards::shard::quic_config(&settings.plan).map_err(StartError::Tls)?;
+        shards::quic::config::quic_config(&settings.plan).map_err(StartError::Tls)?;
         let mut needs_restart = Vec::new();
         if settings.listen != self.listen {
             needs_restart.push("listen.address/listen.port");

@@ -147,7 +147,10 @@ fn demo_starts_quietly_and_its_suggested_command_works() {
     }
     let mut output = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !output.iter().any(|l: &String| l.contains("Stop with Ctrl-C")) {
+    while !output
+        .iter()
+        .any(|l: &String| l.contains("Stop with Ctrl-C"))
+    {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match received.recv_timeout(left) {
             Ok(line) => output.push(line),

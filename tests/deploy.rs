@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const UNIT: &str = "deploy/systemd/spooky@.service";
 const SYSCTL: &str = "deploy/sysctl.d/99-spooky.conf";
-/// What the shard sockets ask for as SO_RCVBUF and SO_SNDBUF (`shards/src/socket.rs`).
+/// What the shard sockets ask for as SO_RCVBUF and SO_SNDBUF (`shards/src/net/reuseport.rs`).
 const SOCKET_BUFFER_BYTES: u64 = 8 * 1024 * 1024;
 
 fn repo() -> PathBuf {

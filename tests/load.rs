@@ -83,7 +83,9 @@ fn ip_literal_urls_verify_against_the_certificates_ip_addresses() {
     assert_eq!(response.body.len(), 10);
 
     options.server_name = "127.0.0.2".into();
-    let refused = H3Client::connect(options).err().expect("a name the certificate lacks");
+    let refused = H3Client::connect(options)
+        .err()
+        .expect("a name the certificate lacks");
     assert!(
         refused.to_string().contains("not valid for 127.0.0.2"),
         "{refused}"

@@ -749,7 +749,11 @@ pub fn sni_for(host: &str) -> Option<&str> {
 /// For an IP-literal `host` with a verified chain, checks that the server's certificate names
 /// that IP in its subject alternative names (RFC 9110 §4.3.4, RFC 6125). BoringSSL verified the
 /// chain against the CA during the handshake; without SNI it checked no name.
-pub fn check_ip_literal(conn: &quiche::Connection, host: &str, verify: &Verify) -> Result<(), String> {
+pub fn check_ip_literal(
+    conn: &quiche::Connection,
+    host: &str,
+    verify: &Verify,
+) -> Result<(), String> {
     let (Verify::Ca(_), Ok(ip)) = (verify, host.parse::<IpAddr>()) else {
         return Ok(());
     };

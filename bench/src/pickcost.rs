@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use shards::balancer::{stable_hash, Balancer};
+use shards::balance::{stable_hash, Balancer};
 use shards::plan::{BackendPlan, Balancing, HashKey};
 
 /// Returns (type name, ns per pick) for every type, over `backends` backends.

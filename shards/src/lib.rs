@@ -1,31 +1,38 @@
 //! Spooky's per-core data plane.
 //!
 //! A shard terminates QUIC and HTTP/3 on its own socket and forwards each request over its own
-//! pooled HTTP/2 connections. Protocol rules that can be checked without IO (header translation,
-//! routing, backend selection, connection ID derivation) live in small sans-IO modules with their
-//! own unit tests; the IO-driving modules (`connections`, `streams`, `forward`, `pool`, `shard`)
-//! are exercised end to end by the workspace's integration tests.
+//! pooled backend connections. The folders follow the request path, and dependencies run one
+//! way, down it:
+//!
+//! ```text
+//! shard ─▶ proxy ─▶ { h3, http, upstream, balance } ─▶ quic ─▶ net
+//! ```
+//!
+//! - [`net`]: UDP with GRO/GSO, the `SO_REUSEPORT` group, kernel steering, hand-off between shards;
+//! - [`quic`]: connection IDs and the sans-IO endpoint (connection table, timers, spare IDs);
+//! - [`h3`]: the HTTP/3 session of each connection and the request streams on it;
+//! - [`http`]: protocol-neutral request and response translation, and the
+//!   [`http::Downstream`] seam every client protocol implements;
+//! - [`proxy`]: one request's life (admit, route, select, attempt, retry, relay, log);
+//! - [`balance`]: backend selection and passive health;
+//! - [`upstream`]: routes, retry budgets, and backend connections behind the
+//!   [`upstream::connector::Connector`] seam;
+//! - [`shard`]: the executor and the tasks that drive all of the above.
+//!
+//! [`rt`] is the only module that names the runtime (glommio). Nothing imports [`shard`].
 
-pub mod affinity;
-pub mod balancer;
-pub mod cid;
-pub mod connections;
+pub mod balance;
 pub mod control;
-pub mod forward;
-pub mod handoff;
-pub mod headers;
-mod notify;
-pub mod outlier;
+pub mod h3;
+pub mod http;
+pub mod net;
 pub mod plan;
-pub mod pool;
-pub mod router;
+pub mod proxy;
+pub mod quic;
+pub mod rt;
 pub mod shard;
-pub mod socket;
 pub mod stats;
-pub mod steering;
-mod streams;
-pub mod udp;
-pub mod upstreams;
+pub mod upstream;
 
 pub use control::{ControlMsg, HealthSnapshot};
 pub use shard::{spawn, ShardError, ShardSpec, ShardThread};

@@ -1,4 +1,5 @@
-//! One shard's HTTP/2 connections to one backend.
+//! One shard's HTTP/2 connections to one backend (the exchanges on them are in
+//! [`super::h2c`]).
 //!
 //! Requests share multiplexed connections. A connection takes new streams until it holds as many
 //! as the backend's SETTINGS_MAX_CONCURRENT_STREAMS allows; then the pool opens another. A
@@ -16,11 +17,15 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use glommio::net::TcpStream;
 use h2::client::SendRequest;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
+use crate::rt::{self, TcpStream};
 use crate::stats::ShardStats;
+
+/// The connection attempt a request waited for failed (the pool logged why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectFailed;
 
 /// Receive windows we grant backends: large enough for full speed over a LAN, small enough that a
 /// slow client bounds what one stream can hold here.
@@ -30,12 +35,15 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// costs fewer frames, buffers and wake-ups per byte.
 const MAX_FRAME_SIZE: u32 = 256 * 1024;
 
-/// Why no stream could be opened to the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why no connection could be opened to the backend.
+#[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    Refused,
-    TimedOut,
-    Handshake,
+    #[error("connect: {0}")]
+    Tcp(#[source] std::io::Error),
+    #[error("connect timed out after {0:?}")]
+    TimedOut(Duration),
+    #[error("HTTP/2 handshake: {0}")]
+    Handshake(#[source] h2::Error),
 }
 
 struct PooledConnection {
@@ -78,7 +86,8 @@ pub struct BackendPool {
     connecting: Cell<bool>,
     /// Bumped when a connection attempt ends; waiters compare it with the value they saw.
     attempts_finished: Cell<u64>,
-    last_attempt: Cell<Result<(), ConnectError>>,
+    /// Whether the last attempt succeeded (its error was logged when it failed).
+    last_attempt_ok: Cell<bool>,
     waiters: RefCell<Vec<Waker>>,
     stats: Arc<ShardStats>,
 }
@@ -97,7 +106,7 @@ impl BackendPool {
             connections: RefCell::new(Vec::new()),
             connecting: Cell::new(false),
             attempts_finished: Cell::new(0),
-            last_attempt: Cell::new(Ok(())),
+            last_attempt_ok: Cell::new(true),
             waiters: RefCell::new(Vec::new()),
             stats,
         })
@@ -120,8 +129,9 @@ impl BackendPool {
         self.connections.borrow().len()
     }
 
-    /// Returns a sender ready to open one stream, and the lease that accounts for it.
-    pub async fn acquire(self: &Rc<Self>) -> Result<(SendRequest<Bytes>, Lease), ConnectError> {
+    /// Returns a sender ready to open one stream, and the lease that accounts for it; `Err` when
+    /// the connection attempt this call waited for failed.
+    pub async fn acquire(self: &Rc<Self>) -> Result<(SendRequest<Bytes>, Lease), ConnectFailed> {
         loop {
             if let Some(connection) = self.connection_with_room() {
                 connection.in_flight.set(connection.in_flight.get() + 1);
@@ -140,7 +150,7 @@ impl BackendPool {
             let seen = self.attempts_finished.get();
             if !self.connecting.get() {
                 self.connecting.set(true);
-                glommio::spawn_local(Self::open_connection(self.clone())).detach();
+                rt::spawn(Self::open_connection(self.clone()));
             }
             self.attempt_after(seen).await?;
         }
@@ -153,10 +163,14 @@ impl BackendPool {
     }
 
     /// Waits until the attempt running after `seen` finishes, and returns its outcome.
-    async fn attempt_after(&self, seen: u64) -> Result<(), ConnectError> {
+    async fn attempt_after(&self, seen: u64) -> Result<(), ConnectFailed> {
         poll_fn(|cx| {
             if self.attempts_finished.get() != seen {
-                return Poll::Ready(self.last_attempt.get());
+                return Poll::Ready(if self.last_attempt_ok.get() {
+                    Ok(())
+                } else {
+                    Err(ConnectFailed)
+                });
             }
             self.waiters.borrow_mut().push(cx.waker().clone());
             Poll::Pending
@@ -165,21 +179,19 @@ impl BackendPool {
     }
 
     async fn open_connection(self: Rc<Self>) {
-        let outcome = futures_lite::future::or(self.connect(), async {
-            glommio::timer::sleep(self.connect_timeout).await;
-            Err(ConnectError::TimedOut)
-        })
-        .await;
+        let outcome = rt::within(self.connect_timeout, self.connect())
+            .await
+            .unwrap_or(Err(ConnectError::TimedOut(self.connect_timeout)));
         match outcome {
             Ok(connection) => {
                 self.stats.backend_connects.incr();
                 self.connections.borrow_mut().push(connection);
-                self.last_attempt.set(Ok(()));
+                self.last_attempt_ok.set(true);
             }
             Err(e) => {
                 self.stats.backend_connect_failures.incr();
-                log::debug!("connect to backend {} failed: {e:?}", self.address);
-                self.last_attempt.set(Err(e));
+                log::debug!("backend {}: {e}", self.address);
+                self.last_attempt_ok.set(false);
             }
         }
         self.connecting.set(false);
@@ -193,11 +205,11 @@ impl BackendPool {
     async fn connect(&self) -> Result<Rc<PooledConnection>, ConnectError> {
         let stream = TcpStream::connect(self.address)
             .await
-            .map_err(|_| ConnectError::Refused)?;
+            .map_err(|e| ConnectError::Tcp(e.into()))?;
         // Without it Nagle holds small frames (HEADERS, WINDOW_UPDATE) back for up to 40 ms.
         stream
             .set_nodelay(true)
-            .map_err(|_| ConnectError::Refused)?;
+            .map_err(|e| ConnectError::Tcp(e.into()))?;
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -205,7 +217,7 @@ impl BackendPool {
             .max_concurrent_reset_streams(1024)
             .handshake::<_, Bytes>(stream.compat())
             .await
-            .map_err(|_| ConnectError::Handshake)?;
+            .map_err(ConnectError::Handshake)?;
         let ping_pong = connection.ping_pong();
         let closed = Rc::new(Cell::new(false));
         let closed_by_driver = closed.clone();
@@ -215,7 +227,7 @@ impl BackendPool {
         if let Some(counters) = stats.backend(slot) {
             counters.h2_connections.incr();
         }
-        glommio::spawn_local(async move {
+        rt::spawn(async move {
             if let Err(e) = connection.await {
                 log::debug!("h2 connection to {address} ended: {e}");
             }
@@ -223,8 +235,7 @@ impl BackendPool {
             if let Some(counters) = stats.backend(slot) {
                 counters.h2_connections.sub(1);
             }
-        })
-        .detach();
+        });
         // One PING round trip: the backend sends its SETTINGS before answering, so afterwards
         // its SETTINGS_MAX_CONCURRENT_STREAMS is known and the pool never overfills the
         // connection (which the backend would answer with REFUSED_STREAM).
@@ -232,7 +243,7 @@ impl BackendPool {
             ping_pong
                 .ping(h2::Ping::opaque())
                 .await
-                .map_err(|_| ConnectError::Handshake)?;
+                .map_err(ConnectError::Handshake)?;
         }
         Ok(Rc::new(PooledConnection {
             sender,

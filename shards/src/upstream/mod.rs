@@ -1,18 +1,26 @@
-//! The shard's view of its upstream pools: routing table, balancers and HTTP/2 pools.
+//! The shard's upstreams: routing table, balancers, retry budgets and backend connections.
 //!
 //! Built once per shard from the plan; every piece is the shard's own, so picking a backend and
-//! finding a connection to it touch no shared state.
+//! finding a connection to it touch no shared state. Backends are reached through the
+//! [`connector`] seam; [`pool`] implements it for cleartext HTTP/2 (h2c).
+
+pub mod connector;
+pub mod h2c;
+pub mod pool;
+pub mod retry_budget;
+pub mod router;
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::balancer::Balancer;
+use crate::balance::Balancer;
 use crate::control::HealthSnapshot;
 use crate::plan::{ProxyPlan, UpstreamPlan};
-use crate::pool::BackendPool;
-use crate::router::{Router, UpstreamIndex};
 use crate::stats::ShardStats;
+use pool::BackendPool;
+pub use retry_budget::RetryBudget;
+use router::{Router, UpstreamIndex};
 
 pub struct Upstream {
     pub plan: UpstreamPlan,
@@ -108,58 +116,4 @@ fn seed(shard_index: usize, upstream_index: usize) -> u64 {
     nanos
         ^ ((shard_index as u64) << 32)
         ^ (upstream_index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
-
-/// Limits retries to a share of requests, per shard and upstream: each request earns `ratio` of
-/// a token, each retry spends one. A small reserve lets a quiet upstream still retry.
-pub struct RetryBudget {
-    ratio: f64,
-    tokens: std::cell::Cell<f64>,
-}
-
-/// Retries allowed before any request earned tokens, and the most that can be saved up.
-const RETRY_RESERVE: f64 = 10.0;
-const RETRY_CEILING: f64 = 100.0;
-
-impl RetryBudget {
-    pub fn new(ratio: f64) -> Self {
-        RetryBudget {
-            ratio,
-            tokens: std::cell::Cell::new(RETRY_RESERVE),
-        }
-    }
-
-    pub fn on_request(&self) {
-        self.tokens
-            .set((self.tokens.get() + self.ratio).min(RETRY_CEILING));
-    }
-
-    pub fn try_spend(&self) -> bool {
-        let tokens = self.tokens.get();
-        if tokens >= 1.0 {
-            self.tokens.set(tokens - 1.0);
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RetryBudget;
-
-    #[test]
-    fn budget_allows_about_the_configured_share() {
-        let budget = RetryBudget::new(0.2);
-        let mut retries = 0;
-        for _ in 0..1000 {
-            budget.on_request();
-            if budget.try_spend() {
-                retries += 1;
-            }
-        }
-        // 10 reserve tokens plus 20% of 1000 requests.
-        assert!((200..=211).contains(&retries), "{retries}");
-    }
 }

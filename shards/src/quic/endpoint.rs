@@ -1,25 +1,27 @@
-//! The shard's QUIC connection table, its timers and its packet output.
+//! The shard's QUIC endpoint: its connection table, timers and packet output, without IO.
 //!
-//! Owned by exactly one shard and touched only by that shard's tasks. Connections are keyed by the
-//! server connection ID, which is derived from the client's original destination ID (see
-//! [`crate::cid`]), so both Initial packets of a split ClientHello find the same entry and packets
-//! for unknown connections cost a hash lookup and nothing else: no state is created for anything
-//! that is not a well-formed Initial of a supported version.
+//! Sans-IO in the way `quiche::Connection` is: datagrams go in through [`Endpoint::recv`], packets
+//! come out through [`Endpoint::poll_transmit`] into a [`SendBatch`], and time moves through
+//! [`Endpoint::next_timeout`] and [`Endpoint::on_timeout`]. The socket stays with the shard's
+//! tasks, so everything here (classification, admission, timers, spare IDs, closing) is
+//! unit-tested against an in-memory quiche client.
+//!
+//! Connections are keyed by the server connection ID, which is derived from the client's original
+//! destination ID (see [`crate::quic::cid`]), so both Initial packets of a split ClientHello find
+//! the same entry, and packets for unknown connections cost a hash lookup and nothing else: no
+//! state is created for anything that is not a well-formed Initial of a supported version.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::Instant;
 
 use ahash::AHashMap;
 
-use crate::cid::{as_server_cid, steering_key, CidMinter, ServerCid, SERVER_CID_LEN};
-use crate::notify::Notify;
+use crate::net::udp::SendBatch;
+use crate::quic::cid::{as_server_cid, steering_key, CidMinter, ServerCid, SERVER_CID_LEN};
 use crate::stats::ShardStats;
-use crate::udp::SendBatch;
 
 /// Largest datagram we accept or build.
 pub const MAX_DATAGRAM: usize = 65_535;
@@ -27,53 +29,34 @@ pub const MAX_DATAGRAM: usize = 65_535;
 const MAX_SPARE_IDS: usize = 3;
 /// RFC 9000 §14.1: a client Initial smaller than this must be dropped.
 const MIN_INITIAL_LEN: usize = 1200;
+/// QUIC transport error INTERNAL_ERROR (RFC 9000 §20.1).
+const INTERNAL_ERROR: u64 = 0x1;
 
-/// Identifies one request stream across the shard. The serial guards against a connection ID that
-/// is reused by a later connection after the first one closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StreamKey {
-    pub cid: ServerCid,
-    pub serial: u64,
-    pub stream_id: u64,
+/// The application protocol a connection carries once its handshake allows it (HTTP/3 in the
+/// shard; something smaller in tests). The endpoint calls it at the points where transport events
+/// matter to the application.
+pub trait Session: Sized {
+    /// Opens the application on an established (or 0-RTT) connection. `Err` closes it.
+    fn open(quic: &mut quiche::Connection) -> Result<Self, String>;
+    /// Flow-control credit arrived for `stream_id`.
+    fn stream_writable(&mut self, stream_id: u64);
+    /// The connection is gone: whoever waits on its streams must learn it.
+    fn closed(&mut self);
+    /// No request is in flight, so a draining endpoint may close the connection.
+    fn is_idle(&self) -> bool;
+    /// The endpoint stops taking requests: tell the peer (HTTP/3 GOAWAY).
+    fn start_drain(&mut self, quic: &mut quiche::Connection);
 }
 
-/// What the connection driver tells a stream's request task.
-#[derive(Default)]
-pub struct StreamSlot {
-    /// The task to wake when anything about the stream changes: data or trailers arrived, the
-    /// stream became writable, or the client went away.
-    pub waker: Option<Waker>,
-    /// The client has sent its whole request (FIN seen by the HTTP/3 layer).
-    pub request_fin: bool,
-    /// Request trailers, once received.
-    pub trailers: Option<Vec<quiche::h3::Header>>,
-    /// For the access log: body bytes received from and sent to the client, the response
-    /// status, and the upstream and backend that served the request.
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub status: u16,
-    pub served_by: Option<(String, String)>,
-}
-
-impl StreamSlot {
-    pub fn wake(&mut self) {
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
-    }
-}
-
-pub struct Connection {
+/// One QUIC connection and the application session on it.
+pub struct Connection<S> {
     pub quic: quiche::Connection,
-    pub h3: Option<quiche::h3::Connection>,
+    /// Present once the handshake allows application data.
+    pub session: Option<S>,
+    /// Distinguishes this connection from a later one that reuses its ID.
     pub serial: u64,
     pub peer: SocketAddr,
-    pub streams: AHashMap<u64, StreamSlot>,
-    /// One past the highest request stream the client has opened: what a GOAWAY promises to serve.
-    pub next_request_stream: u64,
-    /// Set once we sent GOAWAY: request streams from this id on are refused.
-    pub goaway_from: Option<u64>,
-    /// Spare IDs offered to the client for migration (keys of `Connections::aliases`).
+    /// Spare IDs offered to the client for migration (keys of `Endpoint::aliases`).
     aliases: Vec<ServerCid>,
     /// Spares issued so far: the sequence for the next one.
     spares_issued: u64,
@@ -83,93 +66,92 @@ pub struct Connection {
     handshake_counted: bool,
 }
 
-pub struct Connections {
-    pub config: quiche::Config,
-    pub h3_config: quiche::h3::Config,
+/// Where a received datagram went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// Fed to this connection: its session may have events to poll.
+    Connection(ServerCid),
+    /// A packet of a connection owned by the shard with this steering key.
+    Elsewhere(u16),
+    /// Answered statelessly (version negotiation): send [`Endpoint::stateless_reply`].
+    Stateless,
+    Dropped,
+}
+
+pub struct Endpoint<S> {
+    config: quiche::Config,
     minter: CidMinter,
-    pub table: AHashMap<ServerCid, Connection>,
+    table: AHashMap<ServerCid, Connection<S>>,
     /// Spare connection IDs, each to the ID the connection is keyed by.
     aliases: AHashMap<ServerCid, ServerCid>,
     timers: BinaryHeap<Reverse<(Instant, ServerCid)>>,
+    /// Set when a deadline earlier than every armed one appears; see [`Endpoint::timer_moved`].
+    timer_moved: bool,
     dirty: Vec<ServerCid>,
-    socket: UdpSocket,
     local_addr: SocketAddr,
     next_serial: u64,
     /// The steering key this shard's connection IDs carry.
     own_key: u16,
     /// Largest UDP payload quiche may build (`quic.max_udp_payload_size`).
-    pub max_packet: usize,
-    /// Outgoing packets, coalesced per destination for one segmented send.
-    batch: SendBatch,
-    /// Scratch space for version negotiation packets.
-    out: Box<[u8]>,
-    /// Cleared on shutdown: Initials for new connections are then dropped.
-    pub accepting: bool,
+    max_packet: usize,
+    /// The last stateless reply and its destination.
+    stateless: Box<[u8]>,
+    stateless_reply: Option<(usize, SocketAddr)>,
+    /// Cleared on drain and shutdown: Initials for new connections are then dropped.
+    accepting: bool,
     stats: Arc<ShardStats>,
-    /// Wakes the timer task when a deadline earlier than every armed one appears.
-    pub timer_changed: std::rc::Rc<Notify>,
 }
 
-/// Where a received datagram goes.
-pub enum Destination {
-    Connection(ServerCid),
-    /// A packet of a connection owned by the shard with this steering key.
-    Elsewhere(u16),
-    Dropped,
-}
-
-impl Connections {
-    #[allow(clippy::too_many_arguments)]
+impl<S: Session> Endpoint<S> {
     pub fn new(
         config: quiche::Config,
-        h3_config: quiche::h3::Config,
         minter: CidMinter,
-        own_key: u16,
-        socket: UdpSocket,
-        gso: bool,
+        local_addr: SocketAddr,
         max_packet: usize,
         stats: Arc<ShardStats>,
-        timer_changed: std::rc::Rc<Notify>,
-    ) -> io::Result<Self> {
-        let local_addr = socket.local_addr()?;
-        Ok(Connections {
+    ) -> Self {
+        Endpoint {
             config,
-            h3_config,
+            own_key: minter.steering_key(),
             minter,
             table: AHashMap::new(),
             aliases: AHashMap::new(),
             timers: BinaryHeap::new(),
+            timer_moved: false,
             dirty: Vec::new(),
-            socket,
             local_addr,
             next_serial: 0,
-            own_key,
             max_packet,
-            batch: SendBatch::new(gso),
-            out: vec![0; 2048].into_boxed_slice(),
+            stateless: vec![0; 2048].into_boxed_slice(),
+            stateless_reply: None,
             accepting: true,
             stats,
-            timer_changed,
-        })
-    }
-
-    pub fn socket(&self) -> &UdpSocket {
-        &self.socket
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    /// Replaces the QUIC configuration (certificate, transport settings) for new connections.
+    pub fn reconfigure(&mut self, config: quiche::Config, max_packet: usize) {
+        self.config = config;
+        self.max_packet = max_packet;
+    }
+
+    pub fn get_mut(&mut self, cid: ServerCid) -> Option<&mut Connection<S>> {
+        self.table.get_mut(&cid)
+    }
+
+    /// The connection `cid`, if it is still the one with `serial`.
+    pub fn connection(&mut self, cid: ServerCid, serial: u64) -> Option<&mut Connection<S>> {
+        self.table.get_mut(&cid).filter(|c| c.serial == serial)
+    }
+
     /// Finds (or, for a valid Initial, creates) the connection a datagram belongs to, and feeds
     /// the datagram to it. `handed_off` marks a packet another shard passed on, which is never
     /// passed on again.
-    pub fn receive(
-        &mut self,
-        datagram: &mut [u8],
-        from: SocketAddr,
-        handed_off: bool,
-    ) -> Destination {
+    pub fn recv(&mut self, datagram: &mut [u8], from: SocketAddr, handed_off: bool) -> Destination {
         if !handed_off {
             self.stats.datagrams_received.incr();
             self.stats.bytes_received.add(datagram.len() as u64);
@@ -199,22 +181,30 @@ impl Connections {
         let Some(conn) = self.table.get_mut(&cid) else {
             return Destination::Dropped;
         };
-        if conn.h3.is_none() && (conn.quic.is_established() || conn.quic.is_in_early_data()) {
-            match quiche::h3::Connection::with_transport(&mut conn.quic, &self.h3_config) {
-                Ok(h3) => conn.h3 = Some(h3),
+        if conn.session.is_none() && (conn.quic.is_established() || conn.quic.is_in_early_data()) {
+            match S::open(&mut conn.quic) {
+                Ok(session) => conn.session = Some(session),
                 Err(e) => {
-                    log::debug!("h3 setup with {from} failed: {e}");
-                    let _ = conn.quic.close(true, H3_INTERNAL_ERROR, b"h3 setup failed");
+                    log::debug!("session setup with {from} failed: {e}");
+                    let _ = conn
+                        .quic
+                        .close(false, INTERNAL_ERROR, b"session setup failed");
                 }
             }
         }
         while let Some(stream_id) = conn.quic.stream_writable_next() {
-            if let Some(slot) = conn.streams.get_mut(&stream_id) {
-                slot.wake();
+            if let Some(session) = conn.session.as_mut() {
+                session.stream_writable(stream_id);
             }
         }
         self.mark_dirty(cid);
         Destination::Connection(cid)
+    }
+
+    /// The version negotiation packet of the last [`Destination::Stateless`], and where it goes.
+    pub fn stateless_reply(&mut self) -> Option<(&[u8], SocketAddr)> {
+        let (len, to) = self.stateless_reply.take()?;
+        Some((&self.stateless[..len], to))
     }
 
     fn classify(
@@ -250,8 +240,7 @@ impl Connections {
             return Err(Destination::Dropped);
         }
         if !quiche::version_is_supported(header.version) {
-            self.negotiate_version(&header, from);
-            return Err(Destination::Dropped);
+            return Err(self.negotiate_version(&header, from));
         }
         let cid = self.minter.derive(&header.dcid);
         if self.table.contains_key(&cid) {
@@ -272,12 +261,9 @@ impl Connections {
                     cid,
                     Connection {
                         quic,
-                        h3: None,
+                        session: None,
                         serial: self.next_serial,
                         peer: from,
-                        streams: AHashMap::new(),
-                        next_request_stream: 0,
-                        goaway_from: None,
                         aliases: Vec::new(),
                         spares_issued: 0,
                         armed: None,
@@ -327,17 +313,21 @@ impl Connections {
         }
     }
 
-    fn negotiate_version(&mut self, header: &quiche::Header<'_>, to: SocketAddr) {
-        match quiche::negotiate_version(&header.scid, &header.dcid, &mut self.out) {
+    fn negotiate_version(&mut self, header: &quiche::Header<'_>, to: SocketAddr) -> Destination {
+        match quiche::negotiate_version(&header.scid, &header.dcid, &mut self.stateless) {
             Ok(n) => {
                 self.stats.version_negotiations.incr();
-                let _ = self.socket.send_to(&self.out[..n], to);
+                self.stateless_reply = Some((n, to));
+                Destination::Stateless
             }
-            Err(e) => log::debug!("version negotiation for {to} failed: {e}"),
+            Err(e) => {
+                log::debug!("version negotiation for {to} failed: {e}");
+                Destination::Dropped
+            }
         }
     }
 
-    /// Queues a connection for [`Connections::flush`].
+    /// Queues a connection for [`Endpoint::poll_transmit`].
     pub fn mark_dirty(&mut self, cid: ServerCid) {
         if let Some(conn) = self.table.get_mut(&cid) {
             if !conn.dirty {
@@ -351,28 +341,24 @@ impl Connections {
         !self.dirty.is_empty()
     }
 
-    /// Sends everything every dirty connection has to send, re-arms its timer, and removes
-    /// connections that have closed (waking their streams' tasks so they cancel upstream).
-    /// Consecutive packets to one destination leave in one segmented send.
-    pub fn flush(&mut self) {
-        while let Some(cid) = self.dirty.pop() {
+    /// Writes what dirty connections have to send into `batch`, re-arms their timers, and removes
+    /// connections that have closed (their sessions learn it). Returns `true` when it stopped
+    /// because `batch` must be sent before more fits; call again after sending. Returns `false`
+    /// once every dirty connection is drained (the batch may still hold packets to send).
+    pub fn poll_transmit(&mut self, batch: &mut SendBatch) -> bool {
+        while let Some(&cid) = self.dirty.last() {
             let Some(conn) = self.table.get_mut(&cid) else {
+                self.dirty.pop();
                 continue;
             };
-            conn.dirty = false;
             let mut send_errors = 0;
             loop {
-                let space = &mut self.batch.space()[..self.max_packet];
+                if batch.must_send(self.max_packet) {
+                    return true;
+                }
+                let space = &mut batch.space()[..self.max_packet];
                 match conn.quic.send(space) {
-                    Ok((n, info)) => {
-                        if !self.batch.joins(n, info.to) {
-                            send_batch(&mut self.batch, &self.socket, &self.stats, n);
-                        }
-                        self.batch.commit(n, info.to);
-                        if !self.batch.has_room(self.max_packet) {
-                            send_batch(&mut self.batch, &self.socket, &self.stats, 0);
-                        }
-                    }
+                    Ok((n, info)) => batch.push(n, info.to),
                     Err(quiche::Error::Done) => break,
                     Err(e) => {
                         log::debug!("quic send: {e}");
@@ -380,18 +366,20 @@ impl Connections {
                         if send_errors > 1 {
                             break;
                         }
-                        // INTERNAL_ERROR (RFC 9000 §20.1); the next send emits CONNECTION_CLOSE.
-                        let _ = conn.quic.close(false, 0x1, b"internal error");
+                        // The next send emits CONNECTION_CLOSE.
+                        let _ = conn.quic.close(false, INTERNAL_ERROR, b"internal error");
                     }
                 }
             }
+            self.dirty.pop();
+            conn.dirty = false;
             if conn.quic.is_closed() {
                 self.remove(cid);
             } else {
                 self.arm(cid);
             }
         }
-        send_batch(&mut self.batch, &self.socket, &self.stats, 0);
+        false
     }
 
     fn arm(&mut self, cid: ServerCid) {
@@ -410,17 +398,23 @@ impl Connections {
         let earliest = self.timers.peek().map(|Reverse((t, _))| *t);
         self.timers.push(Reverse((deadline, cid)));
         if earliest.is_none_or(|t| deadline < t) {
-            self.timer_changed.notify();
+            self.timer_moved = true;
         }
     }
 
+    /// Whether [`Endpoint::next_timeout`] became earlier since the last call: a sleeping timer
+    /// task must wake up and sleep again for less.
+    pub fn timer_moved(&mut self) -> bool {
+        std::mem::take(&mut self.timer_moved)
+    }
+
     /// The earliest armed deadline.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// Runs quiche's timeout handling for every connection whose deadline has passed.
-    pub fn fire_timers(&mut self, now: Instant) {
+    /// Runs quiche's timeout handling for every connection whose deadline has passed by `now`.
+    pub fn on_timeout(&mut self, now: Instant) {
         while let Some(Reverse((deadline, cid))) = self.timers.peek().copied() {
             if deadline > now {
                 break;
@@ -445,64 +439,68 @@ impl Connections {
     }
 
     fn remove(&mut self, cid: ServerCid) {
-        if let Some(mut conn) = self.table.remove(&cid) {
-            for alias in &conn.aliases {
-                self.aliases.remove(alias);
-            }
-            self.stats.connections_active.sub(1);
-            if !conn.handshake_counted {
-                self.stats.handshake_failures.incr();
-            }
-            log::debug!(
-                "connection from {} closed (peer error {:?}, local error {:?}, timed out {})",
-                conn.peer,
-                conn.quic.peer_error(),
-                conn.quic.local_error(),
-                conn.quic.is_timed_out()
-            );
-            for slot in conn.streams.values_mut() {
-                slot.wake();
-            }
+        let Some(mut conn) = self.table.remove(&cid) else {
+            return;
+        };
+        for alias in &conn.aliases {
+            self.aliases.remove(alias);
+        }
+        self.stats.connections_active.sub(1);
+        if !conn.handshake_counted {
+            self.stats.handshake_failures.incr();
+        }
+        log::debug!(
+            "connection from {} closed (peer error {:?}, local error {:?}, timed out {})",
+            conn.peer,
+            conn.quic.peer_error(),
+            conn.quic.local_error(),
+            conn.quic.is_timed_out()
+        );
+        if let Some(session) = conn.session.as_mut() {
+            session.closed();
         }
     }
 
-    /// Starts a graceful stop: no new connections, and every connection is told (HTTP/3 GOAWAY)
-    /// that no request after the ones it already sent will be served.
-    pub fn start_drain(&mut self) {
+    /// Starts a graceful stop: no new connections, and every session is told to stop taking
+    /// requests; connections with none in flight are closed with `code`.
+    pub fn start_drain(&mut self, code: u64) {
         self.accepting = false;
-        let cids: Vec<ServerCid> = self.table.keys().copied().collect();
-        for cid in cids {
-            if let Some(conn) = self.table.get_mut(&cid) {
-                if let Some(h3) = conn.h3.as_mut() {
-                    // The server's GOAWAY names the first request stream it will not process
-                    // (RFC 9114 §5.2): every request already opened is still served.
-                    let first_refused = conn.next_request_stream;
-                    conn.goaway_from = Some(first_refused);
-                    if let Err(e) = h3.send_goaway(&mut conn.quic, first_refused) {
-                        log::debug!("goaway to {}: {e}", conn.peer);
-                    }
-                }
+        for (cid, conn) in self.table.iter_mut() {
+            if let Some(session) = conn.session.as_mut() {
+                session.start_drain(&mut conn.quic);
             }
-            self.mark_dirty(cid);
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(*cid);
+            }
         }
-        self.close_idle();
+        self.close_idle(code);
     }
 
-    /// Closes (H3_NO_ERROR) every connection with no request in flight. Used while draining.
-    pub fn close_idle(&mut self) {
-        let idle: Vec<ServerCid> = self
-            .table
-            .iter()
-            .filter(|(_, conn)| conn.streams.is_empty() && !conn.quic.is_draining())
-            .map(|(cid, _)| *cid)
-            .collect();
-        for cid in idle {
-            if let Some(conn) = self.table.get_mut(&cid) {
-                let _ = conn.quic.close(true, H3_NO_ERROR, b"shutting down");
+    /// Closes (application close with `code`) every connection with no request in flight.
+    pub fn close_idle(&mut self, code: u64) {
+        self.close_where(code, |conn| {
+            conn.session.as_ref().is_none_or(Session::is_idle) && !conn.quic.is_draining()
+        });
+    }
+
+    /// Closes every connection (application close with `code`) and stops accepting.
+    pub fn close_all(&mut self, code: u64) {
+        self.accepting = false;
+        self.close_where(code, |_| true);
+    }
+
+    fn close_where(&mut self, code: u64, select: impl Fn(&Connection<S>) -> bool) {
+        for (cid, conn) in self.table.iter_mut() {
+            if !select(conn) {
+                continue;
             }
-            self.mark_dirty(cid);
+            let _ = conn.quic.close(true, code, b"shutting down");
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(*cid);
+            }
         }
-        self.flush();
     }
 
     /// Connections still open (including ones finishing their close).
@@ -513,47 +511,8 @@ impl Connections {
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
-
-    /// Closes every connection (application close with H3_NO_ERROR) and stops accepting.
-    pub fn close_all(&mut self) {
-        self.accepting = false;
-        let cids: Vec<ServerCid> = self.table.keys().copied().collect();
-        for cid in cids {
-            if let Some(conn) = self.table.get_mut(&cid) {
-                let _ = conn.quic.close(true, H3_NO_ERROR, b"shutting down");
-            }
-            self.mark_dirty(cid);
-        }
-        self.flush();
-    }
 }
 
-/// Sends what the batch holds. `pending` bytes just written after it (a packet that could not
-/// join) start the next batch. Refused packets are counted and left to QUIC's loss recovery.
-fn send_batch(batch: &mut SendBatch, socket: &UdpSocket, stats: &ShardStats, pending: usize) {
-    let packets = batch.packets();
-    let bytes = batch.bytes();
-    if packets == 0 {
-        return;
-    }
-    match batch.send(socket, pending) {
-        Ok(()) => {
-            stats.datagrams_sent.add(packets as u64);
-            stats.bytes_sent.add(bytes as u64);
-            if packets > 1 {
-                stats.gso_sends.incr();
-            }
-        }
-        Err(e) => {
-            stats.datagrams_send_failed.add(packets as u64);
-            log::trace!("send failed: {}", e.0);
-        }
-    }
-}
-
-/// HTTP/3 error codes used by the proxy (RFC 9114 §8.1).
-pub const H3_NO_ERROR: u64 = 0x100;
-pub const H3_INTERNAL_ERROR: u64 = 0x102;
-pub const H3_REQUEST_REJECTED: u64 = 0x10b;
-pub const H3_REQUEST_CANCELLED: u64 = 0x10c;
-pub const H3_MESSAGE_ERROR: u64 = 0x10e;
+#[cfg(test)]
+#[path = "endpoint_tests.rs"]
+mod tests;

@@ -8,7 +8,7 @@
 //! socket leaves, so positions are not stable across restarts either.
 //!
 //! Instead a small eBPF program (`BPF_PROG_TYPE_SK_REUSEPORT`) reads the steering key from the
-//! destination connection ID (see [`crate::cid`]) and selects the socket stored under that key in
+//! destination connection ID (see [`crate::quic::cid`]) and selects the socket stored under that key in
 //! a `REUSEPORT_SOCKARRAY` map. Keys are CPU numbers, which are unique per host because each
 //! process owns its own cores. The map is pinned in bpffs under a name derived from the listen
 //! address, so every process of the group shares it; each process attaches an identical program
@@ -18,7 +18,7 @@
 //! connection of a process that has gone) fall back to the kernel's 4-tuple hash.
 //!
 //! Loading needs `CAP_BPF` (or root) and a mounted bpffs; without them the caller falls back to
-//! hashing plus in-process hand-off ([`crate::handoff`]). The program builder is plain data and
+//! hashing plus in-process hand-off ([`super::handoff`]). The program builder is plain data and
 //! unit-tested; the `bpf(2)` calls are the only unsafe code here.
 
 use std::ffi::CString;
@@ -104,13 +104,13 @@ impl SteeringError {
     /// The one-line fix for the operator, when the cause is one we know.
     pub fn remedy(&self, pin_dir: &Path) -> Option<String> {
         let denied = |e: &io::Error| {
-            matches!(
-                e.kind(),
-                io::ErrorKind::PermissionDenied
-            ) || e.raw_os_error() == Some(libc::EPERM)
+            matches!(e.kind(), io::ErrorKind::PermissionDenied)
+                || e.raw_os_error() == Some(libc::EPERM)
         };
         match self {
-            SteeringError::Map(e) | SteeringError::Attach(e) if denied(e) => Some(CAP_BPF_FIX.into()),
+            SteeringError::Map(e) | SteeringError::Attach(e) if denied(e) => {
+                Some(CAP_BPF_FIX.into())
+            }
             SteeringError::Load { source, .. } if denied(source) => Some(CAP_BPF_FIX.into()),
             SteeringError::Pin { source, .. } => Some(if denied(source) {
                 format!("make {} writable by this user", pin_dir.display())

@@ -1,7 +1,6 @@
-//! Header translation between HTTP/3 (RFC 9114 §4.3) and HTTP/2 (RFC 9113 §8.2).
+//! Request translation: a received HTTP/3 field section (RFC 9114 §4.3) into the request head
+//! sent to a backend over HTTP/2 (RFC 9113 §8.2), or precisely why the request is malformed.
 //!
-//! Sans-IO: this module turns a received HTTP/3 field section into an HTTP/2 request head, or says
-//! precisely why the request is malformed, and turns an HTTP/2 response head into HTTP/3 fields.
 //! Both protocols share pseudo-header rules, so the work is validation (order, duplicates,
 //! lowercase names, no connection-specific fields), cookie crumbs rejoined for backends that expect
 //! one `cookie` line, and the forwarding headers every proxy adds.
@@ -12,14 +11,7 @@ use std::net::IpAddr;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri};
 
-/// Fields that are meaningful only to one hop of HTTP/1.1 and are forbidden in HTTP/2 and HTTP/3.
-const CONNECTION_SPECIFIC: [&[u8]; 5] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"transfer-encoding",
-    b"upgrade",
-];
+use super::CONNECTION_SPECIFIC;
 
 /// A request head ready to send to a backend over HTTP/2.
 #[derive(Debug)]
@@ -254,27 +246,6 @@ fn add_forwarding_headers(headers: &mut HeaderMap, client: ClientInfo) {
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
 }
 
-/// Converts a backend's response head to HTTP/3 fields, `:status` first, dropping fields that are
-/// connection-specific (an HTTP/2 peer should never send them, but a lenient one might).
-pub fn translate_response(status: u16, headers: &HeaderMap) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut fields = Vec::with_capacity(headers.len() + 1);
-    fields.push((b":status".to_vec(), status.to_string().into_bytes()));
-    fields.extend(forwardable_fields(headers));
-    fields
-}
-
-/// Converts trailers (either direction) to field pairs, dropping connection-specific fields.
-pub fn translate_trailers(headers: &HeaderMap) -> Vec<(Vec<u8>, Vec<u8>)> {
-    forwardable_fields(headers).collect()
-}
-
-fn forwardable_fields(headers: &HeaderMap) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
-    headers
-        .iter()
-        .filter(|(name, _)| !CONNECTION_SPECIFIC.contains(&name.as_str().as_bytes()))
-        .map(|(name, value)| (name.as_str().as_bytes().to_vec(), value.as_bytes().to_vec()))
-}
-
 /// Validates HTTP/3 request trailers and converts them for HTTP/2. Pseudo-headers are forbidden in
 /// trailers (RFC 9114 §4.3).
 pub fn translate_request_trailers<'a>(
@@ -462,16 +433,5 @@ mod tests {
             request(&fields).unwrap_err(),
             Malformed::ConnectNotSupported
         );
-    }
-
-    #[test]
-    fn response_translation_puts_status_first_and_drops_hop_by_hop() {
-        let mut map = HeaderMap::new();
-        map.insert("content-type", HeaderValue::from_static("text/plain"));
-        map.insert("connection", HeaderValue::from_static("close"));
-        let fields = translate_response(204, &map);
-        assert_eq!(fields[0], (b":status".to_vec(), b"204".to_vec()));
-        assert_eq!(fields.len(), 2);
-        assert_eq!(fields[1].0, b"content-type");
     }
 }

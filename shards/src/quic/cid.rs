@@ -37,6 +37,11 @@ impl CidMinter {
         }
     }
 
+    /// The steering key the IDs it mints carry.
+    pub fn steering_key(&self) -> u16 {
+        self.steering_key
+    }
+
     /// The server connection ID for a connection the client opened with `original_dcid`.
     pub fn derive(&self, original_dcid: &[u8]) -> ServerCid {
         let tag = hmac::sign(&self.key, original_dcid);

@@ -3,8 +3,8 @@
 //! Sans-IO: reads the key from a translated request head and hashes it with the balancer's
 //! stable hash, so the same key maps to the same backend on every shard and every process.
 
-use crate::balancer::stable_hash;
-use crate::headers::RequestHead;
+use crate::balance::stable_hash;
+use crate::http::RequestHead;
 use crate::plan::HashKey;
 
 /// The hash of the request's key, or `None` when the request does not carry it (the balancer
@@ -43,7 +43,7 @@ pub fn request_hash(key: &HashKey, head: &RequestHead) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::headers::{translate_request, ClientInfo};
+    use crate::http::{translate_request, ClientInfo};
 
     fn head(path: &str, extra: &[(&str, &str)]) -> RequestHead {
         let mut fields = vec![

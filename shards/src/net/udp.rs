@@ -141,12 +141,17 @@ fn to_socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 /// Packets waiting to leave as one segmented send: same destination, same size except the last.
+///
+/// Filled without IO ([`SendBatch::space`], then [`SendBatch::push`]) by the QUIC endpoint, and
+/// emptied by [`SendBatch::send`] (the shard's socket) or [`SendBatch::drain`] (unit tests).
 pub struct SendBatch {
     buf: Box<[u8]>,
     len: usize,
     segment_size: usize,
     count: usize,
     to: Option<SocketAddr>,
+    /// A packet written after the batch that could not join it: it starts the next batch.
+    held: Option<(usize, SocketAddr)>,
     /// Cleared when the kernel or device refuses a segmented send.
     pub gso: bool,
 }
@@ -159,19 +164,36 @@ impl SendBatch {
             segment_size: 0,
             count: 0,
             to: None,
+            held: None,
             gso,
         }
     }
 
-    /// Space for the next packet; quiche writes into it, then [`SendBatch::joins`] and
-    /// [`SendBatch::commit`] decide where it goes. [`SendBatch::has_room`] keeps it large enough.
+    /// Space for the next packet; quiche writes into it, then [`SendBatch::push`] places it.
+    /// Only valid while [`SendBatch::must_send`] is false.
     pub fn space(&mut self) -> &mut [u8] {
         &mut self.buf[self.len..]
     }
 
-    /// Whether an `n`-byte packet for `to` may join the batch. Only the last segment of a
-    /// segmented send may be shorter than the others, and all go to one destination.
-    pub fn joins(&self, n: usize, to: SocketAddr) -> bool {
+    /// Places the `n`-byte packet for `to` just written at [`SendBatch::space`]: it joins the
+    /// batch, or is held to start the next one (then the batch must be sent first).
+    pub fn push(&mut self, n: usize, to: SocketAddr) {
+        if self.joins(n, to) {
+            self.commit(n, to);
+        } else {
+            self.held = Some((n, to));
+        }
+    }
+
+    /// Whether the batch must be sent before another packet of up to `max_packet` bytes can be
+    /// written: a packet is held, or no further packet could join.
+    pub fn must_send(&self, max_packet: usize) -> bool {
+        self.held.is_some() || !self.has_room(max_packet)
+    }
+
+    /// Only the last segment of a segmented send may be shorter than the others, and all go to
+    /// one destination.
+    fn joins(&self, n: usize, to: SocketAddr) -> bool {
         self.count == 0
             || (self.gso
                 && self.to == Some(to)
@@ -180,8 +202,7 @@ impl SendBatch {
                 && !self.is_closed())
     }
 
-    /// Adds the `n` bytes just written at [`SendBatch::space`].
-    pub fn commit(&mut self, n: usize, to: SocketAddr) {
+    fn commit(&mut self, n: usize, to: SocketAddr) {
         if self.count == 0 {
             self.segment_size = n;
             self.to = Some(to);
@@ -190,8 +211,7 @@ impl SendBatch {
         self.count += 1;
     }
 
-    /// Whether another packet of up to `max_packet` bytes can still join.
-    pub fn has_room(&self, max_packet: usize) -> bool {
+    fn has_room(&self, max_packet: usize) -> bool {
         self.count == 0
             || (self.gso
                 && !self.is_closed()
@@ -204,7 +224,7 @@ impl SendBatch {
         self.count > 0 && self.len != self.count * self.segment_size
     }
 
-    /// Packets in the batch.
+    /// Packets in the batch (not counting a held one).
     pub fn packets(&self) -> usize {
         self.count
     }
@@ -213,10 +233,9 @@ impl SendBatch {
         self.len
     }
 
-    /// Sends the batch and empties it. `pending` bytes written after the batch (a packet that
-    /// could not join) are moved to the front to start the next one. On error the batch's
+    /// Sends the batch and empties it; a held packet starts the next one. On error the batch's
     /// packets are lost; QUIC's loss recovery resends their frames.
-    pub fn send(&mut self, socket: &UdpSocket, pending: usize) -> Result<(), SendError> {
+    pub fn send(&mut self, socket: &UdpSocket) -> Result<(), SendError> {
         let result = match self.to {
             None => Ok(()),
             Some(to) if self.count > 1 => {
@@ -236,11 +255,31 @@ impl SendBatch {
                 .map(|_| ())
                 .map_err(SendError::from),
         };
-        self.buf.copy_within(self.len..self.len + pending, 0);
+        self.restart();
+        result
+    }
+
+    /// Hands every packet of the batch to `deliver` and empties it, as [`SendBatch::send`] would
+    /// put them on the wire. For driving an endpoint without a socket.
+    pub fn drain(&mut self, mut deliver: impl FnMut(&[u8], SocketAddr)) {
+        if let Some(to) = self.to {
+            for packet in self.buf[..self.len].chunks(self.segment_size) {
+                deliver(packet, to);
+            }
+        }
+        self.restart();
+    }
+
+    fn restart(&mut self) {
+        let held = self.held.take();
+        let len = self.len;
         self.len = 0;
         self.count = 0;
         self.to = None;
-        result
+        if let Some((n, to)) = held {
+            self.buf.copy_within(len..len + n, 0);
+            self.commit(n, to);
+        }
     }
 
     fn send_each(&self, socket: &UdpSocket, to: SocketAddr) -> Result<(), SendError> {
@@ -319,9 +358,10 @@ mod tests {
 
     fn fill(batch: &mut SendBatch, sizes: &[usize], to: SocketAddr) {
         for (i, &n) in sizes.iter().enumerate() {
-            assert!(batch.joins(n, to));
+            assert!(!batch.must_send(n));
             batch.space()[..n].fill(i as u8);
-            batch.commit(n, to);
+            batch.push(n, to);
+            assert_eq!(batch.packets(), i + 1, "packet {i} did not join");
         }
     }
 
@@ -330,17 +370,20 @@ mod tests {
         let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut batch = SendBatch::new(true);
         fill(&mut batch, &[1200, 1200, 500], to);
-        assert!(!batch.joins(100, to));
-        assert!(!batch.has_room(1200));
+        assert!(batch.must_send(100));
         let other: SocketAddr = "127.0.0.1:10".parse().unwrap();
         let mut batch = SendBatch::new(true);
         fill(&mut batch, &[1200], to);
-        assert!(!batch.joins(1200, other), "one destination per batch");
-        assert!(!batch.joins(1300, to), "no segment larger than the first");
+        batch.push(1200, other);
+        assert!(batch.must_send(1200), "one destination per batch");
+        let mut batch = SendBatch::new(true);
+        fill(&mut batch, &[1200], to);
+        batch.push(1300, to);
+        assert!(batch.must_send(1200), "no segment larger than the first");
         let mut plain = SendBatch::new(false);
         fill(&mut plain, &[1200], to);
         assert!(
-            !plain.has_room(1200),
+            plain.must_send(1200),
             "without GSO every packet leaves alone"
         );
     }
@@ -353,11 +396,14 @@ mod tests {
         let mut batch = SendBatch::new(true);
         fill(&mut batch, &[100, 100], to);
         batch.space()[..50].fill(7);
-        assert!(!batch.joins(50, elsewhere));
-        batch.send(&a, 50).unwrap();
-        batch.commit(50, elsewhere);
+        batch.push(50, elsewhere);
+        assert!(batch.must_send(50));
+        batch.send(&a).unwrap();
         assert_eq!((batch.packets(), batch.bytes()), (1, 50));
-        assert!(batch.space().len() == MAX_BATCH_BYTES - 50);
+        let mut drained = Vec::new();
+        batch.drain(|packet, to| drained.push((packet.to_vec(), to)));
+        assert_eq!(drained, vec![(vec![7u8; 50], elsewhere)]);
+        assert_eq!(batch.packets(), 0);
         let mut buf = [0u8; 200];
         assert_eq!(b.recv(&mut buf).unwrap(), 100);
     }
@@ -368,7 +414,7 @@ mod tests {
         let to = b.local_addr().unwrap();
         let mut batch = SendBatch::new(gso_supported(&a));
         fill(&mut batch, &[1000, 1000, 1000, 300], to);
-        batch.send(&a, 0).unwrap();
+        batch.send(&a).unwrap();
         // Without GRO on `b`, the kernel delivers each segment as its own datagram.
         let mut buf = [0u8; 2000];
         for (i, expected) in [1000, 1000, 1000, 300].into_iter().enumerate() {
@@ -385,7 +431,7 @@ mod tests {
         let to = b.local_addr().unwrap();
         let mut batch = SendBatch::new(gso_supported(&a));
         fill(&mut batch, &[1000, 1000, 400], to);
-        batch.send(&a, 0).unwrap();
+        batch.send(&a).unwrap();
         let mut buf = vec![0u8; MAX_BATCH_BYTES];
         let mut seen = Vec::new();
         while seen.len() < 3 {

@@ -1,6 +1,6 @@
 //! Hand-off of packets that reached the wrong shard of this process.
 //!
-//! With kernel steering ([`crate::steering`]) packets land on their connection's shard. Without
+//! With kernel steering ([`super::steering`]) packets land on their connection's shard. Without
 //! it (no `CAP_BPF`, no bpffs, or steering turned off) the kernel hashes the 4-tuple, which sends
 //! a client whose address changed (migration, NAT rebinding) to an arbitrary shard. The receiving
 //! shard reads the owner from the connection ID's steering key and passes the datagram on.

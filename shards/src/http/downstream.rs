@@ -1,0 +1,75 @@
+//! What the proxy needs from a client's request stream, whatever protocol carries it.
+//!
+//! HTTP/3 implements it today ([`crate::h3::stream`]); an HTTP/2 or HTTP/1.1 listener plugs in as
+//! another implementation without touching [`crate::proxy`]. Methods take `&self` because a
+//! request's upload and download run concurrently against the same stream.
+
+use std::net::SocketAddr;
+
+use http::HeaderMap;
+
+use super::request::Malformed;
+
+/// The client stream no longer exists: the client reset it, or its connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamGone;
+
+/// One read from a request body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyRead {
+    Data(usize),
+    /// The request is complete; trailers if the client sent any.
+    End(Option<HeaderMap>),
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    Gone,
+    /// The client's trailers are malformed (RFC 9114 §4.1.2).
+    Malformed(Malformed),
+}
+
+impl From<StreamGone> for ReadError {
+    fn from(_: StreamGone) -> Self {
+        ReadError::Gone
+    }
+}
+
+/// Why the proxy aborts a client stream, mapped by each protocol to its own error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    /// Our side (or the backend) failed.
+    Internal,
+    /// The backend cancelled, or the client's upload stalled.
+    Cancelled,
+    /// The client's message is malformed (body length mismatch, bad trailers).
+    Malformed,
+}
+
+#[allow(async_fn_in_trait)] // used generically inside the shard, never as `dyn` or across threads
+pub trait Downstream {
+    /// The protocol, as metrics and the access log name it (`h3`).
+    fn protocol(&self) -> &'static str;
+    /// The client's address.
+    fn peer(&self) -> SocketAddr;
+    /// Names the request on its connection, for the access log: the stream ID in HTTP/3.
+    fn request_id(&self) -> u64;
+    /// Sends the response head; `end` means there is no body.
+    async fn send_head(
+        &self,
+        status: u16,
+        headers: &HeaderMap,
+        end: bool,
+    ) -> Result<(), StreamGone>;
+    /// Writes all of `data` to the response body, waiting for flow-control credit as needed.
+    async fn write_body(&self, data: &[u8], end: bool) -> Result<(), StreamGone>;
+    /// Sends response trailers, which end the stream.
+    async fn send_trailers(&self, trailers: &HeaderMap) -> Result<(), StreamGone>;
+    /// Reads request body bytes into `buf`, waiting for the client when none are buffered.
+    async fn read_body(&self, buf: &mut [u8]) -> Result<BodyRead, ReadError>;
+    /// Resolves when the client stream is gone.
+    async fn gone(&self);
+    /// Aborts the stream in both directions.
+    fn abort(&self, why: Abort);
+}

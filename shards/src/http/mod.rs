@@ -1,0 +1,22 @@
+//! HTTP semantics shared by every protocol the proxy speaks: request translation and validation
+//! ([`request`]), response translation ([`response`]), and the [`downstream::Downstream`] seam
+//! through which the proxy reads requests and writes responses.
+
+pub mod downstream;
+pub mod request;
+pub mod response;
+
+pub use downstream::{Abort, BodyRead, Downstream, ReadError, StreamGone};
+pub use request::{
+    translate_request, translate_request_trailers, ClientInfo, Malformed, RequestHead,
+};
+
+/// Fields meaningful only to one hop of HTTP/1.1, forbidden in HTTP/2 and HTTP/3 (RFC 9113
+/// §8.2.2, RFC 9114 §4.2).
+pub const CONNECTION_SPECIFIC: [&[u8]; 5] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"upgrade",
+];

@@ -1,0 +1,8 @@
+//! Packet delivery to and from the shard: batched UDP IO ([`udp`]), the per-shard sockets of one
+//! `SO_REUSEPORT` group ([`reuseport`]), kernel steering by connection ID ([`steering`]), and the
+//! hand-off of packets a shard received for another shard's connection ([`handoff`]).
+
+pub mod handoff;
+pub mod reuseport;
+pub mod steering;
+pub mod udp;

@@ -1,0 +1,164 @@
+//! Body relay between a client stream and a backend exchange, in both directions, with
+//! backpressure end to end.
+//!
+//! A request body byte is read from the client only once the backend granted send capacity for
+//! it, and a response chunk's credit goes back to the backend only once the client took it. So a
+//! stream holds at most one backend window plus one client window, whatever the body size.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::decision::{AttemptFailure, Outcome};
+use crate::http::{Abort, BodyRead, Downstream, ReadError};
+use crate::rt;
+use crate::stats::ShardStats;
+use crate::upstream::connector::{
+    BodyFailure, PendingResponse, ResponseBody, ResponseHead, Upload,
+};
+
+/// Largest request body chunk moved in one step.
+const UPLOAD_CHUNK: usize = 64 * 1024;
+
+fn abort_for(failure: BodyFailure) -> Abort {
+    match failure {
+        BodyFailure::Cancelled => Abort::Cancelled,
+        BodyFailure::Broken => Abort::Internal,
+    }
+}
+
+/// Waits up to `header_timeout` for the response head, then relays the response. `latency`
+/// receives the time to response headers.
+pub async fn response<D: Downstream, P: PendingResponse>(
+    downstream: &D,
+    pending: P,
+    header_timeout: Duration,
+    body_idle: Duration,
+    latency: &Cell<Option<Duration>>,
+) -> Result<Outcome, AttemptFailure> {
+    let sent_at = Instant::now();
+    let (head, body) = match rt::within(header_timeout, pending.head()).await {
+        None => return Err(AttemptFailure::Timeout),
+        Some(Err(failure)) => return Err(AttemptFailure::Exchange(failure)),
+        Some(Ok(response)) => response,
+    };
+    latency.set(Some(sent_at.elapsed()));
+    Ok(response_body(downstream, head, body, body_idle).await)
+}
+
+async fn response_body<D: Downstream, B: ResponseBody>(
+    downstream: &D,
+    head: ResponseHead,
+    mut body: B,
+    body_idle: Duration,
+) -> Outcome {
+    let status = head.status;
+    let end_now = body.is_end();
+    if downstream
+        .send_head(status, &head.headers, end_now)
+        .await
+        .is_err()
+    {
+        return Outcome::ClientGone;
+    }
+    if end_now {
+        return Outcome::Responded(status);
+    }
+    loop {
+        let chunk = match rt::within(body_idle, body.next_chunk()).await {
+            Some(Some(Ok(chunk))) => chunk,
+            Some(None) => break,
+            Some(Some(Err(failure))) => {
+                downstream.abort(abort_for(failure));
+                return Outcome::Reset;
+            }
+            None => {
+                log::debug!("backend response body idle for {body_idle:?}");
+                downstream.abort(Abort::Internal);
+                return Outcome::Reset;
+            }
+        };
+        // An empty DATA frame (often the one carrying END_STREAM) has nothing to forward.
+        if chunk.is_empty() {
+            continue;
+        }
+        if downstream.write_body(&chunk, false).await.is_err() {
+            return Outcome::ClientGone;
+        }
+        body.release(chunk.len());
+    }
+    let finished = match body.trailers().await {
+        Ok(Some(trailers)) => downstream.send_trailers(&trailers).await,
+        Ok(None) => downstream.write_body(&[], true).await,
+        Err(failure) => {
+            downstream.abort(abort_for(failure));
+            return Outcome::Reset;
+        }
+    };
+    match finished {
+        Ok(()) => Outcome::Responded(status),
+        Err(_) => Outcome::ClientGone,
+    }
+}
+
+/// Streams the request body to the backend. Returns an outcome only when the request must end
+/// (the client went away, stalled, or sent a malformed body); a finished upload returns `Ok`.
+pub async fn upload<D: Downstream, U: Upload>(
+    downstream: &D,
+    upload: &mut U,
+    content_length: Option<u64>,
+    body_started: &Cell<bool>,
+    body_idle: Duration,
+    stats: &ShardStats,
+) -> Result<(), Outcome> {
+    let mut buf = vec![0u8; UPLOAD_CHUNK];
+    let mut sent: u64 = 0;
+    loop {
+        // The backend stream is gone: the response side reports why.
+        let Some(capacity) = upload.capacity(UPLOAD_CHUNK).await else {
+            return Ok(());
+        };
+        let Some(read) = rt::within(body_idle, downstream.read_body(&mut buf[..capacity])).await
+        else {
+            log::debug!("client upload idle for {body_idle:?}");
+            upload.cancel();
+            downstream.abort(Abort::Cancelled);
+            return Err(Outcome::Reset);
+        };
+        match read {
+            Err(ReadError::Gone) => return Err(Outcome::ClientGone),
+            Err(ReadError::Malformed(_)) => return Err(malformed(downstream, upload, stats)),
+            Ok(BodyRead::Data(0)) => {}
+            Ok(BodyRead::Data(n)) => {
+                body_started.set(true);
+                sent += n as u64;
+                if content_length.is_some_and(|declared| sent > declared) {
+                    return Err(malformed(downstream, upload, stats));
+                }
+                if upload.send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(BodyRead::End(trailers)) => {
+                if content_length.is_some_and(|declared| sent != declared) {
+                    return Err(malformed(downstream, upload, stats));
+                }
+                upload.finish(trailers);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The body disagrees with content-length, or the trailers are malformed (RFC 9114 §4.1.2).
+fn malformed<D: Downstream, U: Upload>(
+    downstream: &D,
+    upload: &mut U,
+    stats: &ShardStats,
+) -> Outcome {
+    stats.malformed_requests.incr();
+    upload.cancel();
+    downstream.abort(Abort::Malformed);
+    Outcome::Reset
+}

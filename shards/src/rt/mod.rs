@@ -1,0 +1,82 @@
+//! The shard's runtime: the only module that names glommio.
+//!
+//! Everything above it spawns tasks, sleeps, races a future against a deadline and turns socket
+//! descriptors into runtime sockets through these few functions, so the protocol layers stay
+//! runtime-free and the rules glommio imposes are written down once, here:
+//! - a task polled again while a datagram operation is pending leaks one waker reference per poll
+//!   (`Source::collect_rw`, glommio 0.9), so a socket read must live in a task nothing else wakes
+//!   ([`spawn`] it alone);
+//! - glommio sockets are `!Send`, so they are made from descriptors inside the executor
+//!   ([`udp_socket`]);
+//! - `io_memory` is kept small ([`IO_MEMORY`]) to fit an unprivileged memlock limit.
+
+mod notify;
+
+use std::future::Future;
+use std::net::UdpSocket as StdUdpSocket;
+use std::time::Duration;
+
+pub use glommio::net::{TcpStream, UdpSocket};
+pub use notify::Notify;
+
+/// Memory glommio registers for io_uring buffers per shard. Kept small: the default asks for more
+/// than an unprivileged memlock limit allows, and our large buffers are our own.
+pub const IO_MEMORY: usize = 1 << 20;
+
+/// A running executor thread, pinned to one CPU.
+pub type ExecutorThread<T> = glommio::ExecutorJoinHandle<T>;
+
+/// Why an executor could not start or its thread ended abnormally.
+pub type ExecutorError = glommio::GlommioError<()>;
+
+/// Starts `run` on a new thread named `name`, pinned to `cpu`, as the thread's only executor.
+pub fn start_pinned<T, F, Fut>(
+    name: &str,
+    cpu: usize,
+    run: F,
+) -> Result<ExecutorThread<T>, ExecutorError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+        .name(name)
+        .io_memory(IO_MEMORY)
+        .spawn(run)
+}
+
+/// Runs `task` on this shard's executor, detached: it lives until it returns.
+pub fn spawn(task: impl Future<Output = ()> + 'static) {
+    glommio::spawn_local(task).detach();
+}
+
+/// Runs `task` on this shard's executor and returns a handle to await its result.
+pub fn spawn_joined<T: 'static>(
+    task: impl Future<Output = T> + 'static,
+) -> impl Future<Output = T> {
+    glommio::spawn_local(task)
+}
+
+pub async fn sleep(duration: Duration) {
+    glommio::timer::sleep(duration).await;
+}
+
+/// `work`'s output, or `None` when `limit` passes first (`work` is then dropped).
+pub async fn within<T>(limit: Duration, work: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(work.await) }, async {
+        sleep(limit).await;
+        None
+    })
+    .await
+}
+
+/// Lets every other runnable task of the shard run before this one continues.
+pub async fn yield_now() {
+    glommio::executor().yield_now().await;
+}
+
+/// A runtime UDP socket over `socket`'s descriptor, for waiting until datagrams arrive.
+pub fn udp_socket(socket: StdUdpSocket) -> UdpSocket {
+    UdpSocket::from(socket2_glommio::Socket::from(socket))
+}

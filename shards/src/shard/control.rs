@@ -1,0 +1,94 @@
+//! The shard's side of the control plane: health snapshots, reload, drain and shutdown, applied
+//! once per tick from the coordinator's channel, which the shard never blocks on.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use quiche::h3::WireErrorCode;
+
+use super::{Shard, ShardError};
+use crate::control::ControlMsg;
+use crate::plan::ProxyPlan;
+use crate::quic::config::quic_config;
+use crate::rt;
+use crate::upstream::Upstreams;
+
+/// How often a shard looks at its control channel.
+pub const CONTROL_TICK: Duration = Duration::from_millis(10);
+
+/// The application close code when connections end because the shard stops (RFC 9114 §8.1).
+const CLOSE_CODE: u64 = WireErrorCode::NoError as u64;
+
+pub async fn control_loop(
+    shard: Rc<Shard>,
+    control: Receiver<ControlMsg>,
+) -> Result<(), ShardError> {
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        rt::sleep(CONTROL_TICK).await;
+        shard.stats.heartbeat.incr();
+        loop {
+            match control.try_recv() {
+                Ok(ControlMsg::BackendHealth(snapshot)) => {
+                    shard.upstreams.borrow().apply_health(&snapshot);
+                }
+                Ok(ControlMsg::Reload(plan)) => shard.reload(&plan),
+                Ok(ControlMsg::Drain { deadline }) => {
+                    log::info!("draining: no new connections, GOAWAY sent");
+                    drain_deadline = Some(deadline);
+                    shard.conns.endpoint.borrow_mut().start_drain(CLOSE_CODE);
+                    shard.flush();
+                }
+                Ok(ControlMsg::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    shard.conns.endpoint.borrow_mut().close_all(CLOSE_CODE);
+                    shard.flush();
+                    return Ok(());
+                }
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        if let Some(deadline) = drain_deadline {
+            shard.conns.endpoint.borrow_mut().close_idle(CLOSE_CODE);
+            shard.flush();
+            let open = shard.conns.endpoint.borrow().len();
+            if open == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                log::warn!("drain timeout: closing {open} connection(s) with requests in flight");
+                shard.conns.endpoint.borrow_mut().close_all(CLOSE_CODE);
+                shard.flush();
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Applies a new plan: routes, pools and balancing for new requests, and the TLS
+    /// certificate and transport settings for new connections. Open connections and requests in
+    /// flight are untouched.
+    fn reload(&self, plan: &ProxyPlan) {
+        match quic_config(plan) {
+            Ok(config) => self
+                .conns
+                .endpoint
+                .borrow_mut()
+                .reconfigure(config, plan.quic.max_udp_payload),
+            Err(e) => {
+                // The coordinator validated the files a moment ago; keep serving with the old
+                // certificate rather than fail new handshakes.
+                log::error!(
+                    "shard {}: reload kept the old TLS settings: {e}",
+                    self.index
+                );
+            }
+        }
+        self.proxy.access_log.set(plan.access_log);
+        let previous = self.upstreams.borrow().clone();
+        let next = Upstreams::new(plan, self.index, &self.stats, Some(&previous));
+        *self.upstreams.borrow_mut() = Rc::new(next);
+        log::info!("shard {}: configuration reloaded", self.index);
+    }
+}
