@@ -181,7 +181,9 @@ impl Jitter {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
-        Jitter(XorShift64::new(nanos ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        Jitter(XorShift64::new(
+            nanos ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ))
     }
 
     /// A duration uniformly between `low` and `high` times `base`.
