@@ -10,7 +10,7 @@ use spooky_bench::backend::{pattern_byte, pattern_sha256};
 use spooky_bench::client::{Body, ClientError, Request, Response};
 
 const H3_MESSAGE_ERROR: u64 = 0x10e;
-const H3_INTERNAL_ERROR: u64 = 0x102;
+const H3_INTERNAL_ERROR: u64 = spooky_bench::client::WireErrorCode::InternalError as u64;
 
 fn get(path: &str) -> Request {
     Request::get(path)

@@ -7,7 +7,7 @@
 //!
 //! The first two bytes of every ID are the owning shard's steering key (its CPU number, big
 //! endian), readable by the kernel's reuseport program and by any shard that receives a packet
-//! meant for another (see [`crate::steering`] and [`crate::handoff`]). The other 14 bytes are the
+//! meant for another (see [`crate::net::steering`] and [`crate::net::handoff`]). The other 14 bytes are the
 //! HMAC, so IDs stay unlinkable and unguessable.
 
 use ring::hmac;

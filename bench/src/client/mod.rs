@@ -7,9 +7,8 @@
 //! a truncated body never looks like success.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -18,9 +17,21 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::pattern_byte;
 
+mod connect;
+mod message;
+mod stream;
+mod wire;
+
+use connect::random_cid;
+pub use connect::{bind_connected, check_ip_literal, client_config, sni_for};
+pub use message::{Body, ClientError, Request, Response};
+pub use quiche::h3::WireErrorCode;
+use stream::{fail_all, finish, on_data, on_headers, push_body, Source, Stream};
+use wire::{encode_literal_field_section, push_varint};
+
 /// HTTP/3 error code a client uses to cancel a request (RFC 9114 §8.1).
-pub const H3_REQUEST_CANCELLED: u64 = 0x10c;
-const H3_NO_ERROR: u64 = 0x100;
+pub const H3_REQUEST_CANCELLED: u64 = WireErrorCode::RequestCancelled as u64;
+const H3_NO_ERROR: u64 = WireErrorCode::NoError as u64;
 const CHUNK: usize = 64 * 1024;
 
 /// How the client checks the server's certificate.
@@ -40,190 +51,6 @@ pub struct ClientOptions {
     pub verify: Verify,
     /// Bound on any one operation (handshake, or a whole `request_many`).
     pub timeout: Duration,
-}
-
-/// A request body.
-#[derive(Clone, Debug)]
-pub enum Body {
-    Empty,
-    Bytes(Vec<u8>),
-    /// `n` bytes of [`pattern_byte`], generated while sending, never held whole.
-    Pattern(u64),
-    File(PathBuf),
-}
-
-#[derive(Clone, Debug)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
-    pub authority: Option<String>,
-    pub headers: Vec<(String, String)>,
-    pub body: Body,
-    pub trailers: Vec<(String, String)>,
-    /// Keep the response body in memory (its length and SHA-256 are always recorded).
-    pub keep_body: bool,
-}
-
-impl Request {
-    pub fn new(method: &str, path: &str) -> Self {
-        Request {
-            method: method.into(),
-            path: path.into(),
-            authority: None,
-            headers: Vec::new(),
-            body: Body::Empty,
-            trailers: Vec::new(),
-            keep_body: true,
-        }
-    }
-
-    pub fn get(path: &str) -> Self {
-        Request::new("GET", path)
-    }
-
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    pub fn body(mut self, body: Body) -> Self {
-        self.body = body;
-        self
-    }
-
-    pub fn trailers(mut self, trailers: Vec<(String, String)>) -> Self {
-        self.trailers = trailers;
-        self
-    }
-
-    pub fn keep_body(mut self, keep: bool) -> Self {
-        self.keep_body = keep;
-        self
-    }
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body_len: u64,
-    pub body_sha256: [u8; 32],
-    pub body: Vec<u8>,
-    pub trailers: Vec<(String, String)>,
-}
-
-impl Response {
-    /// The first value of header `name` (lowercase).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-#[derive(Debug)]
-pub enum ClientError {
-    Io(std::io::Error),
-    Tls(String),
-    /// The server reset the stream with this HTTP/3 error code.
-    StreamReset {
-        code: u64,
-    },
-    /// The connection closed before the response completed.
-    ConnectionClosed(String),
-    Timeout,
-    /// The response broke HTTP rules (e.g. body length differs from content-length).
-    Protocol(String),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Io(e) => write!(f, "io: {e}"),
-            ClientError::Tls(e) => write!(f, "tls/quic setup: {e}"),
-            ClientError::StreamReset { code } => {
-                write!(f, "stream reset by server (code {code:#x})")
-            }
-            ClientError::ConnectionClosed(why) => write!(f, "connection closed: {why}"),
-            ClientError::Timeout => f.write_str("timed out"),
-            ClientError::Protocol(e) => write!(f, "protocol error: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
-
-impl From<std::io::Error> for ClientError {
-    fn from(e: std::io::Error) -> Self {
-        ClientError::Io(e)
-    }
-}
-
-/// Where the next request body bytes come from.
-enum Source {
-    Empty,
-    Bytes(Vec<u8>, usize),
-    Pattern { len: u64, next: u64 },
-    File(std::fs::File),
-}
-
-impl Source {
-    fn new(body: &Body) -> Result<Source, ClientError> {
-        Ok(match body {
-            Body::Empty => Source::Empty,
-            Body::Bytes(b) => Source::Bytes(b.clone(), 0),
-            Body::Pattern(len) => Source::Pattern { len: *len, next: 0 },
-            Body::File(path) => Source::File(std::fs::File::open(path)?),
-        })
-    }
-
-    fn is_empty_body(&self) -> bool {
-        match self {
-            Source::Empty => true,
-            Source::Bytes(b, _) => b.is_empty(),
-            Source::Pattern { len, .. } => *len == 0,
-            Source::File(_) => false,
-        }
-    }
-
-    /// Fills `chunk` with the next bytes; an empty chunk means the body is done.
-    fn refill(&mut self, chunk: &mut Vec<u8>) -> Result<(), ClientError> {
-        chunk.clear();
-        match self {
-            Source::Empty => {}
-            Source::Bytes(bytes, offset) => {
-                let end = (*offset + CHUNK).min(bytes.len());
-                chunk.extend_from_slice(&bytes[*offset..end]);
-                *offset = end;
-            }
-            Source::Pattern { len, next } => {
-                let end = (*next + CHUNK as u64).min(*len);
-                chunk.extend((*next..end).map(pattern_byte));
-                *next = end;
-            }
-            Source::File(file) => {
-                chunk.resize(CHUNK, 0);
-                let n = file.read(chunk)?;
-                chunk.truncate(n);
-            }
-        }
-        Ok(())
-    }
-}
-
-struct Stream {
-    index: usize,
-    source: Source,
-    chunk: Vec<u8>,
-    chunk_offset: usize,
-    body_done: bool,
-    trailers: Vec<(String, String)>,
-    keep_body: bool,
-    response: Response,
-    hasher: Sha256,
-    headers_seen: bool,
-    cancel_after: Option<u64>,
 }
 
 /// One HTTP/3 connection.
@@ -572,214 +399,6 @@ impl H3Client {
     }
 }
 
-fn on_headers(stream: &mut Stream, list: Vec<quiche::h3::Header>) {
-    let pairs = list.iter().map(|h| {
-        (
-            String::from_utf8_lossy(h.name()).into_owned(),
-            String::from_utf8_lossy(h.value()).into_owned(),
-        )
-    });
-    if stream.headers_seen {
-        stream.response.trailers.extend(pairs);
-        return;
-    }
-    stream.headers_seen = true;
-    for (name, value) in pairs {
-        if name == ":status" {
-            stream.response.status = value.parse().unwrap_or(0);
-        } else {
-            stream.response.headers.push((name, value));
-        }
-    }
-}
-
-fn on_data(
-    h3: &mut quiche::h3::Connection,
-    conn: &mut quiche::Connection,
-    stream_id: u64,
-    stream: &mut Stream,
-    buf: &mut [u8],
-) -> Option<Result<Response, ClientError>> {
-    while let Ok(n) = h3.recv_body(conn, stream_id, buf) {
-        stream.hasher.update(&buf[..n]);
-        stream.response.body_len += n as u64;
-        if stream.keep_body {
-            stream.response.body.extend_from_slice(&buf[..n]);
-        }
-        if let Some(limit) = stream.cancel_after {
-            if stream.response.body_len >= limit {
-                let _ =
-                    conn.stream_shutdown(stream_id, quiche::Shutdown::Read, H3_REQUEST_CANCELLED);
-                let _ =
-                    conn.stream_shutdown(stream_id, quiche::Shutdown::Write, H3_REQUEST_CANCELLED);
-                return Some(Ok(std::mem::take(&mut stream.response)));
-            }
-        }
-    }
-    None
-}
-
-fn finish(stream: &mut Stream) -> Result<Response, ClientError> {
-    let mut response = std::mem::take(&mut stream.response);
-    response.body_sha256 = std::mem::take(&mut stream.hasher).finalize().into();
-    if !stream.headers_seen {
-        return Err(ClientError::Protocol(
-            "stream ended without response headers".into(),
-        ));
-    }
-    if let Some(declared) = response
-        .header("content-length")
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if declared != response.body_len {
-            return Err(ClientError::Protocol(format!(
-                "content-length {declared} but {} body bytes",
-                response.body_len
-            )));
-        }
-    }
-    Ok(response)
-}
-
-fn push_body(
-    h3: &mut quiche::h3::Connection,
-    conn: &mut quiche::Connection,
-    stream_id: u64,
-    stream: &mut Stream,
-) -> Result<(), ClientError> {
-    while !stream.body_done {
-        if stream.chunk_offset == stream.chunk.len() {
-            stream.source.refill(&mut stream.chunk)?;
-            stream.chunk_offset = 0;
-            if stream.chunk.is_empty() {
-                let ended = if stream.trailers.is_empty() {
-                    h3.send_body(conn, stream_id, &[], true).map(|_| ())
-                } else {
-                    let trailers: Vec<quiche::h3::Header> = stream
-                        .trailers
-                        .iter()
-                        .map(|(n, v)| quiche::h3::Header::new(n.as_bytes(), v.as_bytes()))
-                        .collect();
-                    h3.send_additional_headers(conn, stream_id, &trailers, true, true)
-                };
-                match ended {
-                    Ok(()) => stream.body_done = true,
-                    Err(quiche::h3::Error::Done | quiche::h3::Error::StreamBlocked) => {}
-                    Err(e) => return Err(ClientError::Protocol(format!("ending body: {e}"))),
-                }
-                return Ok(());
-            }
-        }
-        match h3.send_body(conn, stream_id, &stream.chunk[stream.chunk_offset..], false) {
-            Ok(0) | Err(quiche::h3::Error::Done) => return Ok(()),
-            Ok(n) => stream.chunk_offset += n,
-            Err(quiche::h3::Error::TransportError(quiche::Error::StreamStopped(_))) => {
-                // The server stopped reading our body (it answered early): stop sending.
-                stream.body_done = true;
-                return Ok(());
-            }
-            Err(e) => return Err(ClientError::Protocol(format!("send_body: {e}"))),
-        }
-    }
-    Ok(())
-}
-
-fn fail_all(
-    mut results: Vec<Option<Result<Response, ClientError>>>,
-    streams: std::collections::HashMap<u64, Stream>,
-    queue: VecDeque<(usize, Request, Option<u64>)>,
-    error: ClientError,
-) -> Vec<Result<Response, ClientError>> {
-    let describe = error.to_string();
-    let again = |e: &ClientError| match e {
-        ClientError::Timeout => ClientError::Timeout,
-        _ => ClientError::ConnectionClosed(describe.clone()),
-    };
-    for (_, stream) in streams {
-        results[stream.index].get_or_insert_with(|| Err(again(&error)));
-    }
-    for (index, _, _) in queue {
-        results[index].get_or_insert_with(|| Err(again(&error)));
-    }
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(again(&error))))
-        .collect()
-}
-
-/// The QUIC configuration of every client connection spooky-bench opens (tests, `get`, load):
-/// windows large enough for bulk transfers, room for 1000 concurrent requests, and for the
-/// server's spare connection IDs (each migration uses one).
-pub fn client_config(
-    verify: &Verify,
-    idle_timeout: Duration,
-) -> Result<quiche::Config, quiche::Error> {
-    let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION)?;
-    match verify {
-        Verify::Insecure => config.verify_peer(false),
-        Verify::Ca(path) => {
-            config.load_verify_locations_from_file(&path.to_string_lossy())?;
-            config.verify_peer(true);
-        }
-    }
-    config.set_application_protos(quiche::h3::APPLICATION_PROTOCOL)?;
-    config.set_max_idle_timeout(idle_timeout.as_millis() as u64);
-    config.set_max_recv_udp_payload_size(65_535);
-    config.set_max_send_udp_payload_size(1350);
-    config.set_initial_max_data(64 * 1024 * 1024);
-    config.set_initial_max_stream_data_bidi_local(16 * 1024 * 1024);
-    config.set_initial_max_stream_data_bidi_remote(4 * 1024 * 1024);
-    config.set_initial_max_stream_data_uni(1024 * 1024);
-    config.set_initial_max_streams_bidi(1000);
-    config.set_initial_max_streams_uni(100);
-    config.set_active_connection_id_limit(4);
-    Ok(config)
-}
-
-/// The TLS server name to send for `host`. An IP literal is never sent as SNI (RFC 6066 §3), and
-/// BoringSSL's host name check would not match it against the certificate's IP addresses, so for
-/// an IP the name is checked after the handshake by [`check_ip_literal`].
-pub fn sni_for(host: &str) -> Option<&str> {
-    match host.parse::<IpAddr>() {
-        Ok(_) => None,
-        Err(_) => Some(host),
-    }
-}
-
-/// For an IP-literal `host` with a verified chain, checks that the server's certificate names
-/// that IP in its subject alternative names (RFC 9110 §4.3.4, RFC 6125). BoringSSL verified the
-/// chain against the CA during the handshake; without SNI it checked no name.
-pub fn check_ip_literal(
-    conn: &quiche::Connection,
-    host: &str,
-    verify: &Verify,
-) -> Result<(), String> {
-    let (Verify::Ca(_), Ok(ip)) = (verify, host.parse::<IpAddr>()) else {
-        return Ok(());
-    };
-    let der = conn
-        .peer_cert()
-        .ok_or_else(|| format!("{ip}: the server sent no certificate"))?;
-    let der = rustls_pki_types::CertificateDer::from(der);
-    let cert = webpki::EndEntityCert::try_from(&der)
-        .map_err(|e| format!("{ip}: unreadable server certificate: {e}"))?;
-    let name = rustls_pki_types::ServerName::IpAddress(ip.into());
-    cert.verify_is_valid_for_subject_name(&name)
-        .map_err(|e| format!("server certificate is not valid for {ip}: {e}"))
-}
-
-/// A new UDP socket on an ephemeral port, connected to `server`.
-pub fn bind_connected(server: SocketAddr) -> std::io::Result<UdpSocket> {
-    let bind: SocketAddr = if server.is_ipv6() {
-        "[::]:0".parse().expect("literal")
-    } else {
-        "0.0.0.0:0".parse().expect("literal")
-    };
-    let socket = UdpSocket::bind(bind)?;
-    socket.connect(server)?;
-    Ok(socket)
-}
-
 /// Offers the server spare client connection IDs up to its limit: migrating needs a fresh ID in
 /// each direction.
 fn offer_spare_ids(conn: &mut quiche::Connection) {
@@ -881,49 +500,4 @@ fn close_reason(conn: &quiche::Connection) -> String {
         return "idle timeout".into();
     }
     "closed".into()
-}
-
-fn random_cid() -> [u8; 16] {
-    let mut cid = [0u8; 16];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut cid);
-    cid
-}
-
-/// QUIC variable-length integer (RFC 9000 §16).
-fn push_varint(out: &mut Vec<u8>, v: u64) {
-    match v {
-        0..=63 => out.push(v as u8),
-        64..=16_383 => out.extend_from_slice(&((v as u16) | 0x4000).to_be_bytes()),
-        16_384..=1_073_741_823 => out.extend_from_slice(&((v as u32) | 0x8000_0000).to_be_bytes()),
-        _ => out.extend_from_slice(&(v | 0xc000_0000_0000_0000).to_be_bytes()),
-    }
-}
-
-/// HPACK/QPACK prefixed integer (RFC 7541 §5.1) with `prefix` bits and the given high bits.
-fn push_prefixed_int(out: &mut Vec<u8>, mut v: u64, prefix: u32, high_bits: u8) {
-    let max = (1u64 << prefix) - 1;
-    if v < max {
-        out.push(high_bits | v as u8);
-        return;
-    }
-    out.push(high_bits | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128 + 128) as u8);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
-
-/// A QPACK field section of literal field lines with literal names, no Huffman, no dynamic table
-/// (RFC 9204 §4.5.6).
-fn encode_literal_field_section(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let mut out = vec![0, 0]; // Required Insert Count 0, Delta Base 0.
-    for (name, value) in fields {
-        push_prefixed_int(&mut out, name.len() as u64, 3, 0b0010_0000);
-        out.extend_from_slice(name);
-        push_prefixed_int(&mut out, value.len() as u64, 7, 0);
-        out.extend_from_slice(value);
-    }
-    out
 }

@@ -4,11 +4,10 @@
 //! Buffers (datagrams, request bodies, headers) are allocated once per thread.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use quiche::h3::NameValue;
+use quiche::h3::{NameValue, WireErrorCode};
 
 use super::poller::{precise_timers, Poller};
 use super::schedule::Pacer;
@@ -16,34 +15,16 @@ use super::stats::{ErrorKind, Recorder};
 use super::ThreadPlan;
 use crate::backend::pattern_byte;
 
-const H3_NO_ERROR: u64 = 0x100;
-const H3_REQUEST_CANCELLED: u64 = 0x10c;
+mod conn;
+
+use conn::{flush, parse, push_body, Conn, Request};
+
+const H3_NO_ERROR: u64 = WireErrorCode::NoError as u64;
+const H3_REQUEST_CANCELLED: u64 = WireErrorCode::RequestCancelled as u64;
 /// Request body bytes offered to quiche per call.
 const BODY_CHUNK: usize = 64 * 1024;
-/// Packets one connection may send per loop turn.
-const MAX_PACKETS_PER_FLUSH: usize = 256;
 /// Idle connections are pinged this often so the server's idle timeout does not close them.
 const KEEPALIVE: Duration = Duration::from_secs(5);
-
-struct Request {
-    due: Instant,
-    body_left: u64,
-    body_offset: u64,
-    received: u64,
-    expected: Option<u64>,
-    status: u16,
-}
-
-struct Conn {
-    socket: UdpSocket,
-    local: SocketAddr,
-    quic: quiche::Connection,
-    h3: Option<quiche::h3::Connection>,
-    requests: HashMap<u64, Request>,
-    opened: Instant,
-    established: bool,
-    last_ping: Instant,
-}
 
 struct Loader {
     plan: ThreadPlan,
@@ -561,49 +542,6 @@ impl Loader {
             flush(conn, &mut self.send_buf);
         }
     }
-}
-
-/// Offers the next part of a request body to quiche, as much as flow control takes.
-fn push_body(conn: &mut Conn, stream_id: u64, body: &[u8], recorder: &mut Recorder) {
-    let Some(h3) = conn.h3.as_mut() else {
-        return;
-    };
-    let Some(request) = conn.requests.get_mut(&stream_id) else {
-        return;
-    };
-    while request.body_left > 0 {
-        // Pattern bytes repeat every 251; start the chunk where the body's pattern is.
-        let start = (request.body_offset % 251) as usize;
-        let len = (request.body_left as usize).min(body.len() - start);
-        let fin = len as u64 == request.body_left;
-        match h3.send_body(&mut conn.quic, stream_id, &body[start..start + len], fin) {
-            Ok(n) if n > 0 => {
-                request.body_left -= n as u64;
-                request.body_offset += n as u64;
-                recorder.sent(n);
-            }
-            _ => break,
-        }
-    }
-}
-
-fn flush(conn: &mut Conn, out: &mut [u8]) {
-    // Bounded: a connection that keeps producing (or produces empty) packets must not hold the
-    // loop; whatever is left goes out on the next turn.
-    for _ in 0..MAX_PACKETS_PER_FLUSH {
-        match conn.quic.send(out) {
-            Ok((n, info)) if n > 0 => {
-                if conn.socket.send_to(&out[..n], info.to).is_err() {
-                    break;
-                }
-            }
-            _ => break,
-        }
-    }
-}
-
-fn parse(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 fn client_config(plan: &ThreadPlan) -> Result<quiche::Config, String> {

@@ -1,0 +1,143 @@
+//! Files that are accepted, and what they turn into.
+
+use super::*;
+
+#[test]
+fn accepts_full_example() {
+    let s = Scratch::new();
+    let config = s.parse(&s.full()).expect("full example is valid");
+
+    assert_eq!(config.listen_addr(), "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(config.cores(), vec![2, 1]);
+    assert_eq!(config.log_level(), LevelFilter::Debug);
+    assert_eq!(config.origin(), s.config_path());
+
+    let plan = config.plan();
+    assert_eq!(plan.tls.cert_chain, s.certs.cert_chain);
+    assert_eq!(plan.tls.private_key, s.certs.private_key);
+    assert_eq!(plan.quic.idle_timeout, Duration::from_secs(10));
+    assert_eq!(plan.quic.max_concurrent_streams, 100);
+    assert_eq!(plan.quic.stream_window, 65536);
+    assert_eq!(plan.quic.connection_window, 1048576);
+    assert_eq!(plan.quic.max_udp_payload, 1452);
+
+    // File order, not alphabetical: the index is the upstream id.
+    let names: Vec<&str> = plan.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["api_pool", "default_pool"]);
+    let api = &plan.upstreams[0];
+    assert_eq!(api.route.path_prefix, "/api");
+    assert_eq!(api.balancing, Balancing::Random);
+    assert_eq!(api.timeouts.connect, Duration::from_millis(500));
+    assert_eq!(api.timeouts.response_headers, Duration::from_secs(5));
+    assert_eq!(api.backends.len(), 2);
+    assert_eq!(api.backends[0].id, "api-01");
+    assert_eq!(api.backends[0].address, "10.0.10.10:8080".parse().unwrap());
+    assert_eq!(
+        api.backends[1].address,
+        "[2001:db8::11]:8080".parse().unwrap()
+    );
+    assert_eq!(api.backends[1].weight, 50);
+    assert_eq!(plan.upstreams[1].balancing, Balancing::RoundRobin);
+}
+
+#[test]
+fn accepts_defaults() {
+    let s = Scratch::new();
+    let config = s.parse(&s.minimal()).expect("minimal example is valid");
+
+    assert_eq!(config.listen_addr(), "[::]:443".parse().unwrap());
+    assert_eq!(config.cores(), vec![0]);
+    assert_eq!(config.log_level(), LevelFilter::Info);
+
+    let plan = config.plan();
+    let d = QuicSettings::default();
+    assert_eq!(plan.quic.idle_timeout, d.idle_timeout);
+    assert_eq!(plan.quic.max_concurrent_streams, d.max_concurrent_streams);
+    assert_eq!(plan.quic.stream_window, d.stream_window);
+    assert_eq!(plan.quic.connection_window, d.connection_window);
+    assert_eq!(plan.quic.max_udp_payload, d.max_udp_payload);
+
+    let app = &plan.upstreams[0];
+    assert_eq!(app.balancing, Balancing::RoundRobin);
+    let t = UpstreamTimeouts::default();
+    assert_eq!(app.timeouts.connect, t.connect);
+    assert_eq!(app.timeouts.response_headers, t.response_headers);
+    assert_eq!(app.backends[0].weight, 100);
+}
+
+#[test]
+fn shards_means_the_first_n_cpus() {
+    let s = Scratch::new();
+    let text = edit(
+        &s.minimal(),
+        "[upstream.app]",
+        "[runtime]\nshards = 3\n\n[upstream.app]",
+    );
+    assert_eq!(s.parse(&text).expect("valid").cores(), vec![0, 1, 2]);
+}
+
+#[test]
+fn port_zero_is_accepted_for_the_listener() {
+    let s = Scratch::new();
+    let text = edit(&s.minimal(), "port = 443", "port = 0");
+    assert_eq!(s.parse(&text).expect("valid").listen_addr().port(), 0);
+}
+
+#[test]
+fn relative_tls_paths_resolve_against_the_config_directory() {
+    let s = Scratch::new();
+    let text = edit(
+        &s.minimal(),
+        &s.tls_line(),
+        r#"tls = { cert = "cert.pem", key = "./key.pem" }"#,
+    );
+    let plan = s
+        .parse(&text)
+        .expect("relative paths next to the config are found")
+        .plan();
+    assert_eq!(plan.tls.cert_chain, s.dir.join("cert.pem"));
+    assert!(plan.tls.private_key.is_absolute());
+    assert!(plan.tls.private_key.ends_with("key.pem"));
+}
+
+#[test]
+fn load_reads_the_file() {
+    let s = Scratch::new();
+    fs::write(s.config_path(), s.minimal()).expect("write config");
+    let config = load(&s.config_path()).expect("valid file");
+    assert_eq!(config.origin(), s.config_path());
+}
+
+#[test]
+fn real_affinity_is_consulted() {
+    let host = Host::current();
+    let allowed = host
+        .allowed_cpus
+        .clone()
+        .expect("sched_getaffinity works on Linux");
+    assert!(!allowed.is_empty());
+    // The first CPU this process may not use: always exists, as CPU_SETSIZE bounds the mask.
+    let forbidden = (0..)
+        .find(|c| !allowed.contains(c))
+        .expect("some CPU is not allowed");
+    let usable = *allowed.iter().next().expect("non-empty");
+
+    let s = Scratch::new();
+    let with_cores = |cores: &str| {
+        edit(
+            &s.minimal(),
+            "[upstream.app]",
+            &format!("[runtime]\ncores = {cores}\n\n[upstream.app]"),
+        )
+    };
+    let ok = parse(&with_cores(&format!("[{usable}]")), &s.config_path()).expect("usable CPU");
+    assert_eq!(ok.cores(), vec![usable]);
+
+    let err =
+        parse(&with_cores(&format!("[{forbidden}]")), &s.config_path()).expect_err("forbidden CPU");
+    assert_problem(
+        err.problems(),
+        "runtime.cores[0]",
+        &format!("allowed CPUs: {}", format_cpu_list(&allowed)),
+    );
+}

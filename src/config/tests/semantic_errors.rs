@@ -1,0 +1,491 @@
+//! Semantic errors: every problem, each with its key path.
+
+use super::*;
+
+#[test]
+fn reports_all_problems_at_once() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "weight = 50", "weight = 0");
+    let text = edit(&text, "path_prefix = \"/api\"", "path_prefix = \"api\"");
+    let text = edit(&text, "level = \"debug\"", "level = \"loud\"");
+    let err = s.parse(&text).expect_err("three problems");
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "upstream.api_pool.route.path_prefix",
+            "upstream.api_pool.backends[1].weight",
+            "log.level"
+        ]
+    );
+    let shown = err.to_string();
+    assert_eq!(shown.lines().count(), 3, "{shown}");
+    let origin = s.config_path().display().to_string();
+    assert!(shown.lines().all(|l| l.starts_with(&origin)), "{shown}");
+}
+
+#[test]
+fn missing_cert_file() {
+    let s = Scratch::new();
+    fs::remove_file(&s.certs.cert_chain).expect("remove cert");
+    let problems = s.problems(&s.minimal());
+    assert_problem(&problems, "listen.tls.cert", "cannot read");
+    assert_problem(&problems, "listen.tls.cert", "cert.pem");
+}
+
+#[test]
+fn missing_key_file_is_resolved_next_to_the_config() {
+    let s = Scratch::new();
+    let text = edit(
+        &s.minimal(),
+        &s.tls_line(),
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"secret/key.pem\" }}",
+            s.certs.cert_chain.display()
+        ),
+    );
+    let expected = s.dir.join("secret/key.pem").display().to_string();
+    assert_problem(
+        &s.problems(&text),
+        "listen.tls.key",
+        &format!("cannot read {expected}"),
+    );
+}
+
+#[test]
+fn unreadable_key_file() {
+    let s = Scratch::new();
+    // A directory exists but cannot be read as a file; unlike chmod 000 this also fails as root.
+    let text = edit(
+        &s.minimal(),
+        &s.tls_line(),
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            s.certs.cert_chain.display(),
+            s.dir.display()
+        ),
+    );
+    assert_problem(&s.problems(&text), "listen.tls.key", "cannot read");
+}
+
+#[test]
+fn cert_file_without_certificate() {
+    let s = Scratch::new();
+    fs::write(&s.certs.cert_chain, "not a certificate\n").expect("write");
+    assert_problem(
+        &s.problems(&s.minimal()),
+        "listen.tls.cert",
+        "contains no PEM certificate",
+    );
+}
+
+#[test]
+fn key_file_without_private_key() {
+    let s = Scratch::new();
+    fs::write(&s.certs.private_key, "").expect("write");
+    assert_problem(
+        &s.problems(&s.minimal()),
+        "listen.tls.key",
+        "contains no PEM private key",
+    );
+}
+
+#[test]
+fn swapped_cert_and_key_are_named_as_such() {
+    let s = Scratch::new();
+    let text = edit(
+        &s.minimal(),
+        &s.tls_line(),
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            s.certs.private_key.display(),
+            s.certs.cert_chain.display()
+        ),
+    );
+    let problems = s.problems(&text);
+    assert_problem(&problems, "listen.tls.cert", "swapped");
+    assert_problem(&problems, "listen.tls.key", "swapped");
+}
+
+#[test]
+fn encrypted_key_is_rejected() {
+    let s = Scratch::new();
+    fs::write(
+        &s.certs.private_key,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    assert_problem(&s.problems(&s.minimal()), "listen.tls.key", "encrypted");
+}
+
+#[test]
+fn bad_listen_address() {
+    let s = Scratch::new();
+    let text = edit(
+        &s.minimal(),
+        "address = \"::\"",
+        "address = \"example.com\"",
+    );
+    assert_problem(&s.problems(&text), "listen.address", "is not an IP address");
+}
+
+#[test]
+fn listen_port_out_of_range() {
+    let s = Scratch::new();
+    let text = edit(&s.minimal(), "port = 443", "port = 70000");
+    assert_problem(&s.problems(&text), "listen.port", "must be at most 65535");
+}
+
+#[test]
+fn no_upstreams_when_absent() {
+    let s = Scratch::new();
+    let text = format!("[listen]\naddress = \"::\"\nport = 443\n{}\n", s.tls_line());
+    assert_problem(&s.problems(&text), "upstream", "no upstreams configured");
+}
+
+#[test]
+fn no_upstreams_when_empty() {
+    let s = Scratch::new();
+    let text = format!(
+        "[listen]\naddress = \"::\"\nport = 443\n{}\n[upstream]\n",
+        s.tls_line()
+    );
+    assert_problem(&s.problems(&text), "upstream", "no upstreams configured");
+}
+
+#[test]
+fn empty_pool() {
+    let s = Scratch::new();
+    let text = format!(
+        "{}\n[upstream.spare]\nroute = {{ path_prefix = \"/spare\" }}\n",
+        s.minimal()
+    );
+    assert_problem(
+        &s.problems(&text),
+        "upstream.spare.backends",
+        "pool is empty",
+    );
+}
+
+#[test]
+fn duplicate_backend_id_across_upstreams_names_both() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "id = \"web-01\"", "id = \"api-02\"");
+    assert_problem(
+        &s.problems(&text),
+        "upstream.default_pool.backends[0].id",
+        "duplicate backend id `api-02`, already used at upstream.api_pool.backends[1].id",
+    );
+}
+
+#[test]
+fn duplicate_backend_id_within_a_pool() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "id = \"api-02\"", "id = \"api-01\"");
+    assert_problem(
+        &s.problems(&text),
+        "upstream.api_pool.backends[1].id",
+        "already used at upstream.api_pool.backends[0].id",
+    );
+}
+
+#[test]
+fn empty_backend_id() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "id = \"web-01\"", "id = \"\"");
+    assert_problem(
+        &s.problems(&text),
+        "upstream.default_pool.backends[0].id",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn unparsable_backend_address() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "\"10.0.30.10:8080\"", "\"web-01.internal:8080\"");
+    assert_problem(
+        &s.problems(&text),
+        "upstream.default_pool.backends[0].address",
+        "is not an IP:port socket address",
+    );
+}
+
+#[test]
+fn backend_address_without_port() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "\"10.0.30.10:8080\"", "\"10.0.30.10\"");
+    assert_problem(
+        &s.problems(&text),
+        "upstream.default_pool.backends[0].address",
+        "is not an IP:port socket address",
+    );
+}
+
+#[test]
+fn backend_port_zero() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "\"10.0.30.10:8080\"", "\"10.0.30.10:0\"");
+    assert_problem(
+        &s.problems(&text),
+        "upstream.default_pool.backends[0].address",
+        "port 0",
+    );
+}
+
+#[test]
+fn weight_zero() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "weight = 50", "weight = 0");
+    assert_problem(
+        &s.problems(&text),
+        "upstream.api_pool.backends[1].weight",
+        "must be at least 1, got 0",
+    );
+}
+
+#[test]
+fn weight_too_large() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "weight = 50", "weight = 10001");
+    assert_problem(
+        &s.problems(&text),
+        "upstream.api_pool.backends[1].weight",
+        "must be at most 10000",
+    );
+}
+
+#[test]
+fn path_prefix_without_leading_slash() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "path_prefix = \"/api\"", "path_prefix = \"api\"");
+    assert_problem(
+        &s.problems(&text),
+        "upstream.api_pool.route.path_prefix",
+        "must start with '/'",
+    );
+}
+
+#[test]
+fn duplicate_path_prefix_names_both_upstreams() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "path_prefix = \"/\"", "path_prefix = \"/api\"");
+    let problems = s.problems(&text);
+    assert_problem(
+        &problems,
+        "upstream.default_pool.route.path_prefix",
+        "upstream.api_pool and upstream.default_pool have the same route",
+    );
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+}
+
+#[test]
+fn both_cores_and_shards() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "cores = [2, 1]", "cores = [2, 1]\nshards = 2");
+    assert_problem(&s.problems(&text), "runtime", "not both");
+}
+
+#[test]
+fn zero_shards() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "cores = [2, 1]", "shards = 0");
+    assert_problem(&s.problems(&text), "runtime.shards", "must be at least 1");
+}
+
+#[test]
+fn more_shards_than_allowed_cpus() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "cores = [2, 1]", "shards = 6");
+    assert_problem(
+        &s.problems(&text),
+        "runtime.shards",
+        "may only run on CPUs 0-3",
+    );
+}
+
+#[test]
+fn empty_cores() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "cores = [2, 1]", "cores = []");
+    assert_problem(
+        &s.problems(&text),
+        "runtime.cores",
+        "must list at least one CPU",
+    );
+}
+
+#[test]
+fn duplicate_cores() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "cores = [2, 1]", "cores = [2, 1, 2]");
+    assert_problem(
+        &s.problems(&text),
+        "runtime.cores[2]",
+        "CPU 2 is listed twice (also at runtime.cores[0])",
+    );
+}
+
+#[test]
+fn negative_core() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "cores = [2, 1]", "cores = [-1]");
+    assert_problem(
+        &s.problems(&text),
+        "runtime.cores[0]",
+        "must not be negative",
+    );
+}
+
+#[test]
+fn unavailable_core_names_allowed_cpus() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "cores = [2, 1]", "cores = [1, 7]");
+    assert_problem(
+        &s.problems(&text),
+        "runtime.cores[1]",
+        "CPU 7 is not available to this process (allowed CPUs: 0-3)",
+    );
+}
+
+#[test]
+fn default_core_unavailable() {
+    let s = Scratch::new();
+    let host = Host {
+        allowed_cpus: Some([2, 3].into_iter().collect()),
+    };
+    let err =
+        parse_with_host(&s.minimal(), &s.config_path(), &host).expect_err("CPU 0 not allowed");
+    assert_problem(err.problems(), "runtime", "CPU 0, which is not available");
+}
+
+#[test]
+fn zero_idle_timeout() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "idle_timeout_ms = 10000", "idle_timeout_ms = 0");
+    assert_problem(
+        &s.problems(&text),
+        "quic.idle_timeout_ms",
+        "must be at least 1 ms, got 0",
+    );
+}
+
+#[test]
+fn zero_max_concurrent_streams() {
+    let s = Scratch::new();
+    let text = edit(
+        &s.full(),
+        "max_concurrent_streams = 100",
+        "max_concurrent_streams = 0",
+    );
+    assert_problem(
+        &s.problems(&text),
+        "quic.max_concurrent_streams",
+        "must be at least 1, got 0",
+    );
+}
+
+#[test]
+fn windows_below_16_kib() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "stream_window = 65536", "stream_window = 16383");
+    let text = edit(
+        &text,
+        "connection_window = 1048576",
+        "connection_window = 1000",
+    );
+    let problems = s.problems(&text);
+    assert_problem(
+        &problems,
+        "quic.stream_window",
+        "must be at least 16384 bytes, got 16383",
+    );
+    assert_problem(
+        &problems,
+        "quic.connection_window",
+        "must be at least 16384 bytes, got 1000",
+    );
+}
+
+#[test]
+fn udp_payload_out_of_range() {
+    let s = Scratch::new();
+    let low = edit(
+        &s.full(),
+        "max_udp_payload_size = 1452",
+        "max_udp_payload_size = 1199",
+    );
+    assert_problem(
+        &s.problems(&low),
+        "quic.max_udp_payload_size",
+        "must be at least 1200 bytes",
+    );
+    let high = edit(
+        &s.full(),
+        "max_udp_payload_size = 1452",
+        "max_udp_payload_size = 65528",
+    );
+    assert_problem(
+        &s.problems(&high),
+        "quic.max_udp_payload_size",
+        "must be at most 65527 bytes",
+    );
+}
+
+#[test]
+fn steering_settings_are_checked() {
+    let s = Scratch::new();
+    let unknown = edit(
+        &s.full(),
+        "max_udp_payload_size = 1452",
+        "max_udp_payload_size = 1452\nsteering = \"cbpf\"",
+    );
+    assert_problem(
+        &s.problems(&unknown),
+        "quic.steering",
+        "unknown steering `cbpf`; expected \"auto\", \"bpf\" or \"off\"",
+    );
+    let relative = edit(
+        &s.full(),
+        "max_udp_payload_size = 1452",
+        "max_udp_payload_size = 1452\nbpf_pin_dir = \"bpf/spooky\"",
+    );
+    assert_problem(
+        &s.problems(&relative),
+        "quic.bpf_pin_dir",
+        "must be an absolute path",
+    );
+}
+
+#[test]
+fn invalid_log_level() {
+    let s = Scratch::new();
+    let text = edit(&s.full(), "level = \"debug\"", "level = \"verbose\"");
+    assert_problem(
+        &s.problems(&text),
+        "log.level",
+        "unknown log level `verbose`",
+    );
+}
+
+#[test]
+fn zero_timeouts() {
+    let s = Scratch::new();
+    let text = edit(
+        &s.full(),
+        "connect_ms = 500, response_headers_ms = 5000",
+        "connect_ms = 0, response_headers_ms = 0",
+    );
+    let problems = s.problems(&text);
+    assert_problem(
+        &problems,
+        "upstream.api_pool.timeouts.connect_ms",
+        "must be at least 1 ms, got 0",
+    );
+    assert_problem(
+        &problems,
+        "upstream.api_pool.timeouts.response_headers_ms",
+        "must be at least 1 ms, got 0",
+    );
+}

@@ -1,0 +1,330 @@
+//! Checks of `[upstream.NAME]` tables: routes, balancing, timeouts, retries, backends and their
+//! health checks.
+
+use super::*;
+
+pub(super) fn check_upstreams(
+    p: &mut Problems,
+    upstreams: &[(String, RawUpstream)],
+) -> Vec<UpstreamPlan> {
+    if upstreams.is_empty() {
+        p.push(
+            "upstream",
+            "no upstreams configured; add at least one [upstream.NAME] table with a route and \
+             backends",
+        );
+    }
+    // Backend ids label metrics, so they must be unique across pools, not just within one.
+    let mut ids: HashMap<&str, String> = HashMap::new();
+    // A route is (host, path_prefix, method); two upstreams with the same one are ambiguous.
+    let mut routes: HashMap<(Option<String>, &str, Option<String>), &str> = HashMap::new();
+    let mut plans = Vec::with_capacity(upstreams.len());
+
+    for (name, up) in upstreams {
+        let base = format!("upstream.{name}");
+
+        let prefix = &up.route.path_prefix;
+        let prefix_key = format!("{base}.route.path_prefix");
+        if !prefix.starts_with('/') {
+            p.push(
+                &prefix_key,
+                format!("must start with '/', got \"{prefix}\""),
+            );
+        }
+        let host = up.route.host.as_ref().map(|h| h.to_ascii_lowercase());
+        if let Some(h) = &host {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            let valid = !bare.is_empty()
+                && !bare.contains('*')
+                && bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            if !valid {
+                p.push(
+                    format!("{base}.route.host"),
+                    format!(
+                        "`{h}` is not a host name; give an exact name (api.example.com) or a \
+                         wildcard for subdomains (*.example.com)"
+                    ),
+                );
+            }
+        }
+        let method = up.route.method.clone();
+        if let Some(m) = &method {
+            if m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase()) {
+                p.push(
+                    format!("{base}.route.method"),
+                    format!("`{m}` is not an HTTP method in upper case, such as GET or POST"),
+                );
+            }
+        }
+        if prefix.starts_with('/') {
+            let route = (host.clone(), prefix.as_str(), method.clone());
+            if let Some(other) = routes.get(&route) {
+                p.push(
+                    &prefix_key,
+                    format!(
+                        "upstream.{other} and upstream.{name} have the same route (host {}, \
+                         path_prefix \"{prefix}\", method {}); requests could go to either, so \
+                         each route may belong to one upstream only",
+                        host.as_deref().unwrap_or("any"),
+                        method.as_deref().unwrap_or("any"),
+                    ),
+                );
+            } else {
+                routes.insert(route, name);
+            }
+        }
+
+        let lb_key = up.load_balancing.as_ref().and_then(|lb| lb.key.as_deref());
+        let kind = up.load_balancing.as_ref().map(|lb| lb.kind);
+        let key_path = format!("{base}.load_balancing.key");
+        if lb_key.is_some() && kind != Some(BalancingKind::ConsistentHash) {
+            p.push(&key_path, "only `consistent-hash` uses a key");
+        }
+        let balancing = match kind {
+            None | Some(BalancingKind::RoundRobin) => Balancing::RoundRobin,
+            Some(BalancingKind::Random) => Balancing::Random,
+            Some(BalancingKind::LeastRequest) => Balancing::LeastRequest,
+            Some(BalancingKind::LatencyAware) => Balancing::LatencyAware,
+            Some(BalancingKind::ConsistentHash) => match lb_key.map(|k| (k, HashKey::parse(k))) {
+                Some((_, Some(key))) => Balancing::ConsistentHash(key),
+                Some((text, None)) => {
+                    p.push(
+                        &key_path,
+                        format!(
+                            "`{text}` is not a hash key; use header:NAME, cookie:NAME, \
+                             query:NAME, path, authority or client-ip"
+                        ),
+                    );
+                    Balancing::RoundRobin
+                }
+                None => {
+                    p.push(
+                        &key_path,
+                        "`consistent-hash` needs a key: header:NAME, cookie:NAME, query:NAME, \
+                         path, authority or client-ip",
+                    );
+                    Balancing::RoundRobin
+                }
+            },
+        };
+
+        let mut timeouts = UpstreamTimeouts::default();
+        if let Some(t) = &up.timeouts {
+            if let Some(Int(ms)) = t.connect_ms {
+                let key = format!("{base}.timeouts.connect_ms");
+                if let Some(ms) = p.in_range(&key, ms, 1, i64::MAX, " ms") {
+                    timeouts.connect = Duration::from_millis(ms as u64);
+                }
+            }
+            if let Some(Int(ms)) = t.response_headers_ms {
+                let key = format!("{base}.timeouts.response_headers_ms");
+                if let Some(ms) = p.in_range(&key, ms, 1, i64::MAX, " ms") {
+                    timeouts.response_headers = Duration::from_millis(ms as u64);
+                }
+            }
+            if let Some(Int(ms)) = t.body_idle_ms {
+                let key = format!("{base}.timeouts.body_idle_ms");
+                if let Some(ms) = p.in_range(&key, ms, 1, i64::MAX, " ms") {
+                    timeouts.body_idle = Duration::from_millis(ms as u64);
+                }
+            }
+            if let Some(Int(ms)) = t.total_ms {
+                // 0 spells "no limit", as in Envoy's route timeout.
+                let key = format!("{base}.timeouts.total_ms");
+                if let Some(ms) = p.in_range(&key, ms, 0, i64::MAX, " ms") {
+                    timeouts.total = (ms > 0).then(|| Duration::from_millis(ms as u64));
+                }
+            }
+        }
+
+        if up.backends.is_empty() {
+            p.push(
+                format!("{base}.backends"),
+                format!("pool is empty; add at least one [[{base}.backends]] entry"),
+            );
+        }
+        let mut backends = Vec::with_capacity(up.backends.len());
+        for (i, b) in up.backends.iter().enumerate() {
+            let bkey = format!("{base}.backends[{i}]");
+            let id_key = format!("{bkey}.id");
+            if b.id.trim().is_empty() {
+                p.push(&id_key, "must not be empty");
+            } else if let Some(first) = ids.get(b.id.as_str()) {
+                p.push(
+                    &id_key,
+                    format!(
+                        "duplicate backend id `{}`, already used at {first}; ids must be unique \
+                         across all upstreams because metrics are labelled by id",
+                        b.id
+                    ),
+                );
+            } else {
+                ids.insert(&b.id, id_key.clone());
+            }
+
+            let address = match b.address.parse::<SocketAddr>() {
+                Ok(a) if a.port() == 0 => {
+                    p.push(
+                        format!("{bkey}.address"),
+                        format!("`{}` has port 0; a backend needs a real port", b.address),
+                    );
+                    None
+                }
+                Ok(a) => Some(a),
+                Err(_) => {
+                    p.push(
+                        format!("{bkey}.address"),
+                        format!(
+                            "`{}` is not an IP:port socket address, e.g. 10.0.10.10:8080 or \
+                             [2001:db8::10]:8080 (host names are not resolved)",
+                            b.address
+                        ),
+                    );
+                    None
+                }
+            };
+
+            let weight = match b.weight {
+                None => Some(DEFAULT_WEIGHT),
+                Some(Int(w)) => p
+                    .in_range(&format!("{bkey}.weight"), w, 1, MAX_WEIGHT, "")
+                    .map(|w| w as u32),
+            };
+
+            let health_check = match &b.health_check {
+                None => Some(None),
+                Some(raw) => check_health_check(p, &format!("{bkey}.health_check"), raw).map(Some),
+            };
+
+            if let (Some(address), Some(weight), Some(health_check)) =
+                (address, weight, health_check)
+            {
+                backends.push(BackendPlan {
+                    id: b.id.clone(),
+                    address,
+                    weight,
+                    health_check,
+                    // Assigned for the whole plan once every backend is known.
+                    stats_slot: 0,
+                });
+            }
+        }
+
+        let retries = p
+            .in_range(
+                &format!("{base}.retries"),
+                up.retries.map_or(i64::from(DEFAULT_RETRIES), |r| r.0),
+                0,
+                10,
+                "",
+            )
+            .unwrap_or(DEFAULT_RETRIES as i64) as u32;
+        let retry_budget = p
+            .in_range(
+                &format!("{base}.retry_budget_percent"),
+                up.retry_budget_percent
+                    .map_or((DEFAULT_RETRY_BUDGET * 100.0) as i64, |r| r.0),
+                0,
+                100,
+                " %",
+            )
+            .unwrap_or(20) as f64
+            / 100.0;
+
+        plans.push(UpstreamPlan {
+            name: name.clone(),
+            route: RoutePlan {
+                path_prefix: prefix.clone(),
+                host: up.route.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                method: up.route.method.clone(),
+            },
+            balancing,
+            timeouts,
+            retries,
+            retry_budget,
+            backends,
+        });
+    }
+    plans
+}
+
+/// Defaults follow the upstream Spooky guide's examples.
+const DEFAULT_HEALTH_INTERVAL_MS: i64 = 5_000;
+const DEFAULT_HEALTH_TIMEOUT_MS: i64 = 2_000;
+const DEFAULT_FAILURE_THRESHOLD: i64 = 3;
+const DEFAULT_SUCCESS_THRESHOLD: i64 = 2;
+
+fn check_health_check(
+    p: &mut Problems,
+    key: &str,
+    raw: &RawHealthCheck,
+) -> Option<HealthCheckPlan> {
+    if !raw.path.starts_with('/') {
+        p.push(
+            format!("{key}.path"),
+            format!("`{}` must start with '/'", raw.path),
+        );
+    }
+    let mut field = |name: &str, value: Option<Int>, default: i64, lo: i64, hi: i64, unit: &str| {
+        p.in_range(
+            &format!("{key}.{name}"),
+            value.map_or(default, |v| v.0),
+            lo,
+            hi,
+            unit,
+        )
+    };
+    let interval = field(
+        "interval",
+        raw.interval,
+        DEFAULT_HEALTH_INTERVAL_MS,
+        10,
+        3_600_000,
+        " ms",
+    );
+    let timeout = field(
+        "timeout_ms",
+        raw.timeout_ms,
+        DEFAULT_HEALTH_TIMEOUT_MS,
+        1,
+        600_000,
+        " ms",
+    );
+    let failures = field(
+        "failure_threshold",
+        raw.failure_threshold,
+        DEFAULT_FAILURE_THRESHOLD,
+        1,
+        1000,
+        "",
+    );
+    let successes = field(
+        "success_threshold",
+        raw.success_threshold,
+        DEFAULT_SUCCESS_THRESHOLD,
+        1,
+        1000,
+        "",
+    );
+    if let (Some(interval), Some(timeout)) = (interval, timeout) {
+        if timeout > interval {
+            p.push(
+                format!("{key}.timeout_ms"),
+                format!("{timeout} ms is longer than the interval ({interval} ms); checks would overlap"),
+            );
+            return None;
+        }
+    }
+    if !raw.path.starts_with('/') {
+        return None;
+    }
+    Some(HealthCheckPlan {
+        path: raw.path.clone(),
+        interval: Duration::from_millis(interval? as u64),
+        timeout: Duration::from_millis(timeout? as u64),
+        failure_threshold: failures? as u32,
+        success_threshold: successes? as u32,
+    })
+}
