@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use shards::plan::{
-    BackendPlan, Balancing, ProxyPlan, QuicSettings, RoutePlan, SteeringMode, TlsFiles,
-    UpstreamPlan, UpstreamTimeouts,
+    BackendPlan, Balancing, ProxyPlan, QuicSettings, RoutePlan, SteeringMode, UpstreamPlan,
+    UpstreamTimeouts,
 };
+
+use shards::tls::TlsIdentity;
 
 use crate::{demo_backend, selfsigned, ProxySettings};
 
@@ -44,10 +46,7 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
     let cpu = first_allowed_cpu();
     let plan = ProxyPlan {
         access_log: true,
-        tls: TlsFiles {
-            cert_chain: certs.cert_chain.clone(),
-            private_key: certs.private_key.clone(),
-        },
+        tls: TlsIdentity::load(&certs.cert_chain, &certs.private_key).map_err(io::Error::other)?,
         // One process with one shard: there is no other socket to steer packets to, so the
         // kernel's address hash is exact and loading the steering program would only warn.
         quic: QuicSettings {
@@ -101,16 +100,7 @@ fn demo_dir() -> PathBuf {
 }
 
 fn first_allowed_cpu() -> usize {
-    // SAFETY: sched_getaffinity fills a cpu_set_t we own; CPU_ISSET only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            for cpu in 0..libc::CPU_SETSIZE as usize {
-                if libc::CPU_ISSET(cpu, &set) {
-                    return cpu;
-                }
-            }
-        }
-    }
-    0
+    shards::sys::allowed_cpus()
+        .and_then(|cpus| cpus.first().copied())
+        .unwrap_or(0)
 }

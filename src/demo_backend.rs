@@ -9,25 +9,28 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
+use shards::rt;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 /// Starts the demo backend on `listen` (port 0 picks one) and returns the bound address.
 pub fn start(listen: SocketAddr) -> io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(listen)?;
-    let address = listener.local_addr()?;
-    let std_listener = listener;
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .name("spooky-demo-backend")
-        .io_memory(1 << 20)
-        .spawn(move || async move {
-            use std::os::fd::{FromRawFd, IntoRawFd};
-            // SAFETY: ownership of a valid, bound TCP listener descriptor moves to glommio.
-            let listener = unsafe { TcpListener::from_raw_fd(std_listener.into_raw_fd()) };
-            serve(listener).await
-        })
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(address)
+    // The listener is bound inside the executor: glommio's sockets are made on their own thread.
+    let (bound, address) = std::sync::mpsc::channel();
+    rt::start_unbound("spooky-demo-backend", move || async move {
+        let listener = match TcpListener::bind(listen) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = bound.send(Err(io::Error::from(e)));
+                return;
+            }
+        };
+        let _ = bound.send(listener.local_addr().map_err(io::Error::from));
+        serve(listener).await
+    })
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    address
+        .recv()
+        .map_err(|_| io::Error::other("the demo backend thread ended before binding"))?
 }
 
 async fn serve(listener: TcpListener) {
@@ -35,7 +38,7 @@ async fn serve(listener: TcpListener) {
         match listener.accept().await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                glommio::spawn_local(connection(stream)).detach();
+                rt::spawn(connection(stream));
             }
             Err(e) => log::warn!("demo backend accept: {e}"),
         }
@@ -51,7 +54,7 @@ async fn connection(stream: glommio::net::TcpStream) {
         }
     };
     while let Some(Ok((request, respond))) = h2.accept().await {
-        glommio::spawn_local(answer(request, respond)).detach();
+        rt::spawn(answer(request, respond));
     }
 }
 

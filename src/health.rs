@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use glommio::{LocalExecutorBuilder, Placement};
 use shards::balance::rng::XorShift64;
 use shards::plan::{HealthCheckPlan, ProxyPlan};
+use shards::rt;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use crate::coordinator::Coordinator;
@@ -69,28 +69,25 @@ impl HealthChecker {
             return Ok(HealthChecker { stop });
         }
         let task_stop = stop.clone();
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .name("spooky-health")
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let tasks: Vec<_> = targets
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, target)| {
-                        glommio::spawn_local(check_loop(
-                            target,
-                            i as u64,
-                            generation,
-                            coordinator.clone(),
-                            task_stop.clone(),
-                        ))
-                    })
-                    .collect();
-                for task in tasks {
-                    task.await;
-                }
-            })
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        rt::start_unbound("spooky-health", move || async move {
+            let tasks: Vec<_> = targets
+                .into_iter()
+                .enumerate()
+                .map(|(i, target)| {
+                    rt::spawn_joined(check_loop(
+                        target,
+                        i as u64,
+                        generation,
+                        coordinator.clone(),
+                        task_stop.clone(),
+                    ))
+                })
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(HealthChecker { stop })
     }
 }
@@ -115,7 +112,7 @@ async fn check_loop(
                 return;
             }
             let step = remaining.min(Duration::from_millis(50));
-            glommio::timer::sleep(step).await;
+            rt::sleep(step).await;
             remaining -= step;
         }
         if stop.load(Ordering::Relaxed) {
@@ -151,10 +148,10 @@ async fn check_loop(
 /// One probe: connect, HTTP/2 handshake, `GET path`, a 2xx status, all within `timeout`.
 async fn probe(address: SocketAddr, path: &str, timeout: Duration) -> bool {
     let attempt = async {
-        let stream = glommio::net::TcpStream::connect(address).await.ok()?;
+        let stream = rt::TcpStream::connect(address).await.ok()?;
         stream.set_nodelay(true).ok()?;
         let (mut sender, connection) = h2::client::handshake(stream.compat()).await.ok()?;
-        let driver = glommio::spawn_local(async move {
+        let driver = rt::spawn_joined(async move {
             let _ = connection.await;
         });
         let request = http::Request::get(format!("http://{address}{path}"))
@@ -166,7 +163,7 @@ async fn probe(address: SocketAddr, path: &str, timeout: Duration) -> bool {
         drop(driver);
         Some(response.status().is_success())
     };
-    shards::rt::within(timeout, attempt)
+    rt::within(timeout, attempt)
         .await
         .flatten()
         .unwrap_or(false)

@@ -11,111 +11,47 @@ use spooky::config::LogFormat;
 use spooky::signals::{Signal, SignalSet};
 use spooky::{config, demo, ProxySettings, RunningProxy};
 
-const USAGE: &str = "\
-usage:
-  spooky --config FILE          run the proxy with FILE (TOML)
-  spooky --cores LIST --config FILE
-                                run with one shard per CPU in LIST (e.g. 0-3 or 0,2),
-                                overriding [runtime] in FILE
-  spooky --admin ADDR --config FILE
-                                serve the admin endpoint on ADDR (IP:port), overriding [admin]
-  spooky --config FILE --check  validate FILE and exit: 0 when valid, 1 when not
-  spooky --demo [--port PORT]   run a demo: self-signed certificates, a built-in backend,
-                                listening on 127.0.0.1:PORT (default 8443)
-  spooky --version | --help";
-
-enum Command {
-    Run {
-        config: PathBuf,
-        check_only: bool,
-        cores: Option<Vec<usize>>,
-        admin: Option<std::net::SocketAddr>,
-    },
-    Demo {
-        port: u16,
-    },
-    Help,
-    Version,
+/// Thread-per-core HTTP/3 load balancer.
+///
+/// SIGHUP reloads the configuration file, SIGTERM and SIGINT drain and stop.
+#[derive(clap::Parser)]
+#[command(name = "spooky", version)]
+struct Cli {
+    /// Run the proxy with this configuration file (TOML).
+    #[arg(short, long, value_name = "FILE", required_unless_present = "demo")]
+    config: Option<PathBuf>,
+    /// Only validate the configuration file, then exit: 0 when valid, 1 when not.
+    #[arg(long, requires = "config")]
+    check: bool,
+    /// Run one shard per CPU in LIST (e.g. 0-3 or 0,2), overriding [runtime] in the file; how
+    /// the spooky@ systemd template gives each instance its cores.
+    #[arg(long, value_name = "LIST", requires = "config", value_parser = parse_cores)]
+    cores: Option<CpuList>,
+    /// Serve the admin endpoint on ADDR (IP:port), overriding [admin] in the file.
+    #[arg(long, value_name = "ADDR", requires = "config")]
+    admin: Option<std::net::SocketAddr>,
+    /// Run a demo: generated certificates, a built-in HTTP/2 backend, HTTP/3 on 127.0.0.1:PORT.
+    #[arg(long, conflicts_with = "config")]
+    demo: bool,
+    /// The demo's UDP port.
+    #[arg(long, value_name = "PORT", default_value_t = 8443, requires = "demo")]
+    port: u16,
 }
 
-fn parse_args(args: &[String]) -> Result<Command, String> {
-    let mut config = None;
-    let mut check_only = false;
-    let mut demo = false;
-    let mut port = 8443u16;
-    let mut cores = None;
-    let mut admin = None;
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--config" | "-c" => {
-                let value = iter.next().ok_or("--config needs a file path")?;
-                config = Some(PathBuf::from(value));
-            }
-            "--check" => check_only = true,
-            "--admin" => {
-                let value = iter.next().ok_or("--admin needs an IP:port address")?;
-                admin = Some(
-                    value
-                        .parse()
-                        .map_err(|_| format!("--admin: {value:?} is not an IP:port address"))?,
-                );
-            }
-            "--cores" => {
-                let value = iter.next().ok_or("--cores needs a CPU list such as 0-3")?;
-                cores = Some(spooky::cpulist::parse(value).map_err(|e| format!("--cores: {e}"))?);
-            }
-            "--demo" => demo = true,
-            "--port" => {
-                let value = iter.next().ok_or("--port needs a number")?;
-                port = value
-                    .parse()
-                    .map_err(|_| format!("--port: {value:?} is not a port number"))?;
-            }
-            "--help" | "-h" => return Ok(Command::Help),
-            "--version" | "-V" => return Ok(Command::Version),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    match (config, demo) {
-        (Some(_), true) => Err("--demo and --config cannot be combined".into()),
-        (Some(config), false) => Ok(Command::Run {
-            config,
-            check_only,
-            cores,
-            admin,
-        }),
-        (None, true) if check_only => Err("--check needs --config".into()),
-        (None, true) => Ok(Command::Demo { port }),
-        (None, false) => Err("missing --config FILE (or --demo)".into()),
-    }
+/// A `--cores` list, parsed.
+#[derive(Clone, Debug)]
+struct CpuList(Vec<usize>);
+
+fn parse_cores(text: &str) -> Result<CpuList, String> {
+    spooky::cpulist::parse(text).map(CpuList)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match parse_args(&args) {
-        Ok(command) => command,
-        Err(message) => {
-            eprintln!("spooky: {message}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match command {
-        Command::Help => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Command::Version => {
-            println!("spooky {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Command::Run {
-            config,
-            check_only,
-            cores,
-            admin,
-        } => run_config(config, check_only, cores, admin),
-        Command::Demo { port } => run_demo(port),
+    // Usage errors print clap's message and exit with status 2.
+    let cli = <Cli as clap::Parser>::parse();
+    match cli.config {
+        Some(config) => run_config(config, cli.check, cli.cores.map(|c| c.0), cli.admin),
+        None => run_demo(cli.port),
     }
 }
 
@@ -126,14 +62,22 @@ fn init_logging(level: log::LevelFilter, format: LogFormat) {
     if format == LogFormat::Json {
         builder.format(|out, record| {
             use std::io::Write;
-            writeln!(
-                out,
-                "{{\"ts\":\"{}\",\"level\":\"{}\",\"target\":{},\"msg\":{}}}",
-                out.timestamp_micros(),
-                record.level(),
-                spooky::jsonstr::quote(record.target()),
-                spooky::jsonstr::quote(&record.args().to_string())
-            )
+            /// One log line; fields in this order, `ts` first.
+            #[derive(serde::Serialize)]
+            struct Line<'a> {
+                ts: String,
+                level: &'a str,
+                target: &'a str,
+                msg: String,
+            }
+            let line = Line {
+                ts: out.timestamp_micros().to_string(),
+                level: record.level().as_str(),
+                target: record.target(),
+                msg: record.args().to_string(),
+            };
+            let text = serde_json::to_string(&line).map_err(std::io::Error::other)?;
+            writeln!(out, "{text}")
         });
     }
     builder.init();
@@ -276,6 +220,12 @@ fn serve_with(
     loop {
         match signals.wait() {
             Ok(Signal::Terminate | Signal::Interrupt) => break,
+            Ok(Signal::ShardStalled) => {
+                // The stalled shard would never finish a drain: end now, and let the service
+                // manager restart the process (docs/operations.md, 'A shard stops answering').
+                #[allow(clippy::disallowed_methods)] // main is where the process ends
+                std::process::exit(spooky::watchdog::STALL_EXIT_CODE);
+            }
             Ok(Signal::Hangup) => match &reloader {
                 Some(reloader) => reloader.reload(&mut proxy),
                 None => log::warn!("SIGHUP ignored: the demo has no configuration file to reload"),

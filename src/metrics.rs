@@ -29,6 +29,24 @@ pub fn render(source: &MetricsSource<'_>) -> String {
     out
 }
 
+/// A label value as the exposition format requires: backslash, double quote and line feed
+/// escaped (Prometheus text format 0.0.4).
+fn label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    let mut escaped = String::with_capacity(value.len() + 4);
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped.into()
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -274,7 +292,8 @@ fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
                 let _ = writeln!(
                     out,
                     "spooky_backend_responses_total{{upstream=\"{}\",backend=\"{}\",class=\"{class}\"}} {value}",
-                    upstream.name, backend.id
+                    label(&upstream.name),
+                    label(&backend.id)
                 );
             }
         }
@@ -290,8 +309,8 @@ fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
                 let _ = writeln!(
                     out,
                     "{name}{{upstream=\"{}\",backend=\"{}\"}} {}",
-                    upstream.name,
-                    backend.id,
+                    label(&upstream.name),
+                    label(&backend.id),
                     value(u, b, backend.stats_slot)
                 );
             }
@@ -382,21 +401,46 @@ fn process_metrics(out: &mut String, config_generation: u64) {
         "Configuration generation: 1 at start, +1 per applied reload.",
     );
     let _ = writeln!(out, "spooky_config_generation {config_generation}");
-    let process = crate::procfs::ProcessFigures::read();
+    // A figure the kernel will not give reads as zero rather than hiding the others.
+    use shards::procfs;
     header(
         out,
         "process_resident_memory_bytes",
         "gauge",
         "Resident set size.",
     );
-    let _ = writeln!(out, "process_resident_memory_bytes {}", process.rss_bytes);
+    let _ = writeln!(
+        out,
+        "process_resident_memory_bytes {}",
+        procfs::rss_bytes("self").unwrap_or(0)
+    );
     header(out, "process_open_fds", "gauge", "Open file descriptors.");
-    let _ = writeln!(out, "process_open_fds {}", process.open_fds);
+    let _ = writeln!(
+        out,
+        "process_open_fds {}",
+        procfs::open_fds("self").unwrap_or(0)
+    );
     header(
         out,
         "process_cpu_seconds_total",
         "counter",
         "User and system CPU time.",
     );
-    let _ = writeln!(out, "process_cpu_seconds_total {}", process.cpu_seconds);
+    let _ = writeln!(
+        out,
+        "process_cpu_seconds_total {}",
+        procfs::cpu_seconds("self").unwrap_or(0.0)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label;
+
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_requires() {
+        assert_eq!(label("api-01"), "api-01");
+        assert_eq!(label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(label("two\nlines"), "two\\nlines");
+    }
 }

@@ -11,9 +11,10 @@
 //!
 //! - a heartbeat that has not moved for 1 s marks the shard stalled (`spooky_shard_stalled` 1,
 //!   `spooky_shard_stalls_total` +1, a warning in the log);
-//! - with [`Watchdog::exit_after`] set (the binary sets 10 s), a shard stalled that long ends the
-//!   process with exit code 70, and systemd's `Restart=on-failure` starts it again. A shard that
-//!   was only starved of CPU recovers long before.
+//! - with [`Watchdog::exit_after`] set (the binary sets 10 s), a shard stalled that long is
+//!   reported to the main thread ([`crate::signals::report_stall`]), which ends the process with
+//!   exit code 70 without waiting for the stalled shard, and systemd's `Restart=on-failure`
+//!   starts it again. A shard that was only starved of CPU recovers long before.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -151,7 +152,10 @@ fn watch(shards: &[Arc<ShardStats>], stop: &AtomicBool, exit_after_ms: &AtomicU6
                          service manager restarts spooky",
                         exit_after.map_or(0, |d| d.as_secs())
                     );
-                    std::process::exit(STALL_EXIT_CODE);
+                    if let Err(e) = crate::signals::report_stall() {
+                        log::error!("cannot tell the main thread about the stall: {e}");
+                    }
+                    return;
                 }
             }
         }

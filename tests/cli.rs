@@ -80,7 +80,9 @@ fn missing_config_file_is_named() {
 fn usage_errors_exit_2() {
     let out = spooky(&["--bogus"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(stderr.contains("usage"), "{stderr}");
+    assert!(stderr.contains("--bogus"), "{stderr}");
 }
 
 #[test]

@@ -286,6 +286,62 @@ fn two_processes_share_one_udp_port_and_both_serve() {
     drop(second);
 }
 
+/// The admin endpoint serves connections concurrently: clients that connect and send nothing, or
+/// half a request, do not hold up a readiness probe (a one-at-a-time server made it wait for the
+/// idle client's timeout). A request head over the size limit gets 431.
+#[test]
+fn admin_answers_probes_while_other_clients_idle_and_refuses_oversized_heads() {
+    use std::io::{Read, Write};
+    let backend = start_backend("admin-idle");
+    let proxy = Proxy::single_pool("admin-idle", &[&backend], "");
+    let admin = proxy
+        .running
+        .start_admin("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let _silent = std::net::TcpStream::connect(admin).unwrap();
+    let mut partial = std::net::TcpStream::connect(admin).unwrap();
+    partial
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: a")
+        .unwrap();
+    let fastest = (0..3)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            let (status, body) = http_get(admin, "/health/ready").unwrap();
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                body,
+                "{\"ready\":true,\"shards_not_running\":[],\"upstreams_without_healthy_backend\":[]}\n"
+            );
+            started.elapsed()
+        })
+        .min()
+        .unwrap();
+    assert!(
+        fastest < Duration::from_millis(100),
+        "readiness took {fastest:?} with idle clients connected"
+    );
+
+    let mut oversized = std::net::TcpStream::connect(admin).unwrap();
+    oversized
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let padding = "x".repeat(16 * 1024);
+    // The server may answer and close before it read all of this, so the write may fail; what
+    // counts is the answer, which arrives before the connection's end.
+    let _ = write!(
+        oversized,
+        "GET /metrics HTTP/1.1\r\nhost: admin\r\nx-padding: {padding}\r\n\r\n"
+    );
+    let mut response = Vec::new();
+    let _ = oversized.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 431"),
+        "oversized head answered with {:?}",
+        response.lines().next()
+    );
+}
+
 #[test]
 fn json_logs_carry_one_access_line_per_request() {
     let backend = start_backend("logs");

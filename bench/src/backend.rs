@@ -324,7 +324,7 @@ async fn handle(
         ("echo", None) => echo(request, respond, context).await,
         ("_stats", None) => {
             // Lets a benchmark read the backend's own cost without access to its process.
-            let cpu = crate::matrix::procstat::cpu_seconds(std::process::id()).unwrap_or(-1.0);
+            let cpu = shards::procfs::cpu_seconds("self").unwrap_or(-1.0);
             let body = format!(
                 "{{\"cpu_seconds\": {cpu:.3}, \"requests\": {}}}",
                 context.counters.requests.load(Ordering::SeqCst)

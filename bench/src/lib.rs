@@ -7,3 +7,4 @@ pub mod client;
 pub mod load;
 pub mod matrix;
 pub mod pickcost;
+pub mod sys;

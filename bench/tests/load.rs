@@ -66,8 +66,14 @@ fn uploads_are_counted_and_errors_sorted_by_kind() {
 #[test]
 fn contradictory_options_are_refused() {
     let mut options = LoadOptions::new("http://127.0.0.1:9/");
-    assert!(load::run(&options).unwrap_err().contains("exactly one of"));
+    assert!(load::run(&options)
+        .unwrap_err()
+        .to_string()
+        .contains("exactly one of"));
     options.requests = Some(1);
     options.handshake_only = true;
-    assert!(load::run(&options).unwrap_err().contains("https://"));
+    assert!(load::run(&options)
+        .unwrap_err()
+        .to_string()
+        .contains("https://"));
 }

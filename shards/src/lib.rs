@@ -19,7 +19,8 @@
 //!   [`upstream::connector::Connector`] seam;
 //! - [`shard`]: the executor and the tasks that drive all of the above.
 //!
-//! [`rt`] is the only module that names the runtime (glommio). Nothing imports [`shard`].
+//! [`rt`] is the only module that names the runtime (glommio), [`sys`] the only one with system
+//! calls (and `unsafe`). Nothing imports [`shard`].
 
 pub mod balance;
 pub mod control;
@@ -27,11 +28,14 @@ pub mod h3;
 pub mod http;
 pub mod net;
 pub mod plan;
+pub mod procfs;
 pub mod proxy;
 pub mod quic;
 pub mod rt;
 pub mod shard;
 pub mod stats;
+pub mod sys;
+pub mod tls;
 pub mod upstream;
 
 pub use control::{ControlMsg, HealthSnapshot};

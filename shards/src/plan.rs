@@ -11,19 +11,13 @@ use std::time::Duration;
 /// Everything one shard needs to serve traffic. Every shard of a process receives a clone.
 #[derive(Clone, Debug)]
 pub struct ProxyPlan {
-    pub tls: TlsFiles,
+    /// The listener's certificate and key, parsed by the coordinator.
+    pub tls: crate::tls::TlsIdentity,
     pub quic: QuicSettings,
     /// Upstream pools, in configuration order. Their index is the upstream id used in routing.
     pub upstreams: Vec<UpstreamPlan>,
     /// Write one access log line per request (target `spooky::access`).
     pub access_log: bool,
-}
-
-/// PEM files for the QUIC listener. Read by each shard when it builds its quiche configuration.
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    pub cert_chain: PathBuf,
-    pub private_key: PathBuf,
 }
 
 /// Transport settings advertised to every client.

@@ -13,8 +13,10 @@ use std::time::Duration;
 use log::LevelFilter;
 use shards::plan::{
     BackendPlan, Balancing, HashKey, HealthCheckPlan, ProxyPlan, QuicSettings, RoutePlan,
-    SteeringMode, TlsFiles, UpstreamPlan, UpstreamTimeouts, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
+    SteeringMode, UpstreamPlan, UpstreamTimeouts, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
 };
+
+use shards::tls::{TlsError, TlsIdentity};
 
 use super::error::Problem;
 use super::model::{
@@ -58,27 +60,9 @@ impl Host {
     /// runtime, so at configuration time this is still the mask the process was started with.
     pub fn current() -> Host {
         Host {
-            allowed_cpus: current_affinity(),
+            allowed_cpus: shards::sys::allowed_cpus(),
         }
     }
-}
-
-fn current_affinity() -> Option<BTreeSet<usize>> {
-    // SAFETY: cpu_set_t is a plain bit array, so all-zero is a valid (empty) set; the kernel
-    // writes at most `size_of::<cpu_set_t>()` bytes into it; pid 0 means the calling thread.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return None;
-    }
-    let size = libc::CPU_SETSIZE as usize;
-    // SAFETY: every index is below CPU_SETSIZE, the capacity of `set`.
-    Some(
-        (0..size)
-            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-            .collect(),
-    )
 }
 
 /// Formats CPUs the way the kernel does in `/proc/*/status` (`0-3,8,10-11`), which operators
@@ -169,6 +153,10 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         base_dir,
         PemKind::PrivateKey,
     );
+    let tls = match (&cert_chain, &private_key) {
+        (Some(cert), Some(key)) => load_identity(&mut p, cert, key),
+        _ => None,
+    };
 
     let cores = check_runtime(&mut p, &raw.runtime, host);
     let drain_timeout = match raw.runtime.drain_timeout_ms {
@@ -230,23 +218,8 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
     }
     // Every `None` above pushed a problem, so this branch means a bug in this module, not in the
     // operator's file; still, refusing the file beats panicking while loading it.
-    let (
-        Some(ip),
-        Some(port),
-        Some(cert_chain),
-        Some(private_key),
-        Some(cores),
-        Some(drain_timeout),
-        Some(admin),
-    ) = (
-        ip,
-        port,
-        cert_chain,
-        private_key,
-        cores,
-        drain_timeout,
-        admin,
-    )
+    let (Some(ip), Some(port), Some(tls), Some(cores), Some(drain_timeout), Some(admin)) =
+        (ip, port, tls, cores, drain_timeout, admin)
     else {
         return Err(vec![Problem::new(
             "",
@@ -254,10 +227,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         )]);
     };
     let mut plan = ProxyPlan {
-        tls: TlsFiles {
-            cert_chain,
-            private_key,
-        },
+        tls,
         quic,
         upstreams,
         access_log: raw.log.access_log.unwrap_or(false),
@@ -373,6 +343,23 @@ fn check_pem_file(
     }
 }
 
+/// Parses the certificate and key (the only time they are read; shards get the parsed result)
+/// and checks they belong together.
+fn load_identity(p: &mut Problems, cert: &Path, key: &Path) -> Option<TlsIdentity> {
+    match TlsIdentity::load(cert, key) {
+        Ok(identity) => Some(identity),
+        Err(e) => {
+            let at = match e {
+                TlsError::Certificate { .. } => "listen.tls.cert",
+                TlsError::Read { ref path, .. } if path == cert => "listen.tls.cert",
+                _ => "listen.tls.key",
+            };
+            p.push(at, e.to_string());
+            None
+        }
+    }
+}
+
 /// Returns the CPUs to run one shard on each, in the configured order.
 fn check_runtime(p: &mut Problems, runtime: &RawRuntime, host: &Host) -> Option<Vec<usize>> {
     let allowed = host.allowed_cpus.as_ref();
@@ -388,7 +375,7 @@ fn check_runtime(p: &mut Problems, runtime: &RawRuntime, host: &Host) -> Option<
     let mut cores: Option<Vec<usize>> = None;
     if let Some(shards) = runtime.shards.map(|s| s.0) {
         // The CPU set size bounds how many shards could ever be pinned.
-        let max = libc::CPU_SETSIZE as i64;
+        let max = shards::sys::CPU_SET_SIZE as i64;
         if let Some(n) = p.in_range("runtime.shards", shards, 1, max, "") {
             let wanted: Vec<usize> = (0..n as usize).collect();
             let missing = allowed.is_some_and(|a| wanted.iter().any(|c| !a.contains(c)));

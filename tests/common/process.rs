@@ -81,11 +81,12 @@ impl SpookyProcess {
     }
 
     pub fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
-            0
-        );
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {}", self.child.id());
     }
 
     pub fn log_text(&self) -> String {

@@ -17,17 +17,17 @@ use tokio::net::TcpStream;
 use super::poller::precise_timers;
 use super::schedule::Pacer;
 use super::stats::{ErrorKind, Recorder};
-use super::ThreadPlan;
+use super::{LoadError, ThreadPlan};
 use crate::backend::pattern_byte;
 
 const BODY_CHUNK: usize = 64 * 1024;
 
-pub(crate) fn run_thread(plan: ThreadPlan) -> Result<Recorder, String> {
+pub(crate) fn run_thread(plan: ThreadPlan) -> Result<Recorder, LoadError> {
     precise_timers();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
+        .map_err(LoadError::io("tokio runtime"))?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, drive(plan))
 }
@@ -60,7 +60,7 @@ impl Shared {
     }
 }
 
-async fn drive(mut plan: ThreadPlan) -> Result<Recorder, String> {
+async fn drive(mut plan: ThreadPlan) -> Result<Recorder, LoadError> {
     let mut senders = Vec::new();
     for _ in 0..plan.connections {
         senders.push(connect(&plan).await?);
@@ -82,7 +82,7 @@ async fn drive(mut plan: ThreadPlan) -> Result<Recorder, String> {
     });
     let mut tasks = Vec::new();
     if let Some(rate) = shared.plan.rate {
-        let mut timer = PreciseTimer::new().map_err(|e| format!("timerfd: {e}"))?;
+        let mut timer = PreciseTimer::new().map_err(LoadError::io("timerfd"))?;
         let mut pacer = Pacer::new(shared.plan.start, rate);
         let mut due = std::collections::VecDeque::new();
         let mut next = 0;
@@ -91,7 +91,7 @@ async fn drive(mut plan: ThreadPlan) -> Result<Recorder, String> {
             timer
                 .sleep_until(pacer.next_due())
                 .await
-                .map_err(|e| format!("timerfd: {e}"))?;
+                .map_err(LoadError::io("timerfd"))?;
             pacer.take_due(Instant::now(), &mut due);
             while let Some(at) = due.pop_front() {
                 if !shared.claim() {
@@ -143,24 +143,9 @@ struct PreciseTimer {
 
 impl PreciseTimer {
     fn new() -> std::io::Result<PreciseTimer> {
-        // SAFETY: timerfd_create has no memory preconditions; a non-negative result is a new
-        // descriptor that we own.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: see above.
-        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        // SAFETY: the OwnedFd is a valid, open timerfd and stays owned (and open) by the
-        // AsyncFd for its whole lifetime.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(owned) }
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(PreciseTimer { fd })
+        Ok(PreciseTimer {
+            fd: crate::sys::async_fd(crate::sys::timerfd()?)?,
+        })
     }
 
     async fn sleep_until(&mut self, deadline: Instant) -> std::io::Result<()> {
@@ -168,28 +153,12 @@ impl PreciseTimer {
         if wait.is_zero() {
             return Ok(());
         }
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: wait.as_secs() as libc::time_t,
-                tv_nsec: wait.subsec_nanos() as libc::c_long,
-            },
-        };
         use std::os::fd::AsRawFd;
         let raw = self.fd.get_ref().as_raw_fd();
-        // SAFETY: `spec` is a valid itimerspec; a null old value is allowed.
-        if unsafe { libc::timerfd_settime(raw, 0, &spec, std::ptr::null_mut()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        crate::sys::timerfd_arm(raw, wait)?;
         loop {
             let mut guard = self.fd.readable().await?;
-            let mut expirations = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into an 8-byte buffer.
-            let n = unsafe { libc::read(raw, expirations.as_mut_ptr().cast(), 8) };
-            if n == 8 {
+            if crate::sys::timerfd_expired(raw) {
                 return Ok(());
             }
             guard.clear_ready();
@@ -197,18 +166,19 @@ impl PreciseTimer {
     }
 }
 
-async fn connect(plan: &ThreadPlan) -> Result<SendRequest<Bytes>, String> {
+async fn connect(plan: &ThreadPlan) -> Result<SendRequest<Bytes>, LoadError> {
     let server = plan.target.server;
     let tcp = TcpStream::connect(server)
         .await
-        .map_err(|e| format!("connect {server}: {e}"))?;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        .map_err(LoadError::io(format!("connect {server}")))?;
+    tcp.set_nodelay(true)
+        .map_err(LoadError::io("TCP_NODELAY"))?;
     let (sender, connection) = h2::client::Builder::new()
         .initial_window_size(16 * 1024 * 1024)
         .initial_connection_window_size(64 * 1024 * 1024)
         .handshake::<_, Bytes>(tcp)
         .await
-        .map_err(|e| format!("h2 handshake with {server}: {e}"))?;
+        .map_err(|source| LoadError::Http2 { server, source })?;
     tokio::task::spawn_local(async move {
         let _ = connection.await;
     });

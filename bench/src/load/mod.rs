@@ -7,6 +7,7 @@
 //! every stream busy; open loop (`--rate`) sends at a constant rate and measures latency from
 //! each request's due time.
 
+mod error;
 mod h2c;
 mod h3;
 mod poller;
@@ -21,36 +22,81 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::client::Verify;
+pub use error::LoadError;
 use stats::{Percentiles, Recorder};
 
-/// Everything a load run is asked to do. Echoed whole into the JSON report.
-#[derive(Clone, Debug, Serialize)]
+/// Everything a load run is asked to do. Echoed whole into the JSON report, and the command line
+/// of `spooky-bench load` (clap reads it directly; the defaults are [`LoadOptions::new`]'s).
+#[derive(Clone, Debug, Serialize, clap::Args)]
 pub struct LoadOptions {
+    /// https:// (HTTP/3) or http:// (h2c) URL.
     pub url: String,
+    #[arg(short, long, default_value_t = 1)]
     pub connections: usize,
     /// Requests in flight per connection.
+    #[arg(short, long, default_value_t = 1)]
     pub streams: usize,
+    /// Seconds to run.
+    #[arg(short, long, value_name = "S", value_parser = parse_seconds)]
     pub duration: Option<Duration>,
     /// Stop after this many requests (finished well or badly).
+    #[arg(short = 'n', long, value_name = "N")]
     pub requests: Option<u64>,
     /// Open loop: requests per second across all threads.
+    #[arg(short, long, value_name = "R")]
     pub rate: Option<f64>,
+    #[arg(short = 'X', long, default_value = "GET")]
     pub method: String,
+    /// Request body bytes per request.
+    #[arg(long, default_value_t = 0)]
     pub body_size: u64,
-    /// Paths requested in turn; the URL's own path when empty.
+    /// Paths requested in turn (repeatable); the URL's own path when none is given.
+    #[arg(long = "path", value_name = "P")]
     pub paths: Vec<String>,
+    /// A request header, `name: value` (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
     /// Open a connection, complete the handshake, close; repeat.
+    #[arg(long)]
     pub handshake_only: bool,
-    /// Open every connection, then hold them idle this long.
+    /// Open every connection, then hold them idle this long (seconds).
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
     pub idle_hold: Option<Duration>,
+    #[arg(short, long, default_value_t = default_threads())]
     pub threads: usize,
-    /// Load that runs before recording starts.
+    /// Seconds of load that run before recording starts.
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
     pub warmup: Option<Duration>,
+    /// Set from `--ca`/`--insecure` by the command line.
     #[serde(skip)]
+    #[arg(skip = Verify::Insecure)]
     pub verify: Verify,
-    /// Give up on one request (or handshake) after this long.
+    /// Give up on one request (or handshake) after this long (seconds).
+    #[arg(long = "timeout", value_name = "S", default_value = "30", value_parser = parse_seconds)]
     pub request_timeout: Duration,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A `name: value` header argument, the name lowercased.
+pub fn parse_header(raw: &str) -> Result<(String, String), String> {
+    let (name, value) = raw
+        .split_once(':')
+        .ok_or_else(|| format!("header {raw:?} needs 'name: value'"))?;
+    Ok((name.trim().to_ascii_lowercase(), value.trim().to_string()))
+}
+
+/// A non-negative number of seconds, fractions allowed.
+pub fn parse_seconds(raw: &str) -> Result<Duration, String> {
+    let seconds: f64 = raw
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a number of seconds"))?;
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return Err(format!("{raw:?} is not a number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 impl LoadOptions {
@@ -68,7 +114,7 @@ impl LoadOptions {
             headers: Vec::new(),
             handshake_only: false,
             idle_hold: None,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: default_threads(),
             warmup: None,
             verify: Verify::Insecure,
             request_timeout: Duration::from_secs(30),
@@ -105,16 +151,16 @@ pub(crate) struct Target {
     pub paths: Vec<String>,
 }
 
-fn parse_target(options: &LoadOptions) -> Result<Target, String> {
+fn parse_target(options: &LoadOptions) -> Result<Target, LoadError> {
     let (http3, rest) = if let Some(rest) = options.url.strip_prefix("https://") {
         (true, rest)
     } else if let Some(rest) = options.url.strip_prefix("http://") {
         (false, rest)
     } else {
-        return Err(format!(
+        return Err(LoadError::options(format!(
             "{:?}: use https:// (HTTP/3) or http:// (HTTP/2 cleartext)",
             options.url
-        ));
+        )));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -122,9 +168,9 @@ fn parse_target(options: &LoadOptions) -> Result<Target, String> {
     };
     let server = authority
         .to_socket_addrs()
-        .map_err(|e| format!("{authority}: {e}"))?
+        .map_err(LoadError::io(format!("resolving {authority}")))?
         .next()
-        .ok_or_else(|| format!("{authority}: no address"))?;
+        .ok_or_else(|| LoadError::options(format!("{authority}: no address")))?;
     let host = match authority.rsplit_once(':') {
         Some((host, _)) => host.trim_matches(|c| c == '[' || c == ']').to_string(),
         None => authority.to_string(),
@@ -177,7 +223,7 @@ impl ThreadPlan {
 }
 
 /// Runs the load and returns the merged results.
-pub fn run(options: &LoadOptions) -> Result<LoadReport, String> {
+pub fn run(options: &LoadOptions) -> Result<LoadReport, LoadError> {
     validate(options)?;
     let target = parse_target(options)?;
     let threads = options.threads.clamp(1, options.connections.max(1));
@@ -212,14 +258,12 @@ pub fn run(options: &LoadOptions) -> Result<LoadReport, String> {
                         h2c::run_thread(plan)
                     }
                 })
-                .map_err(|e| format!("cannot start a loader thread: {e}"))
+                .map_err(LoadError::io("starting a loader thread"))
         })
         .collect::<Result<_, _>>()?;
     let mut total = Recorder::default();
     for handle in handles {
-        let recorder = handle
-            .join()
-            .map_err(|_| "a loader thread panicked".to_string())??;
+        let recorder = handle.join().map_err(|_| LoadError::ThreadPanicked)??;
         total.merge(&recorder);
     }
     let measured_from = if options.warmup.is_some() {
@@ -256,9 +300,11 @@ pub fn run(options: &LoadOptions) -> Result<LoadReport, String> {
     })
 }
 
-fn validate(options: &LoadOptions) -> Result<(), String> {
+fn validate(options: &LoadOptions) -> Result<(), LoadError> {
     if options.connections == 0 || options.streams == 0 {
-        return Err("--connections and --streams must be at least 1".into());
+        return Err(LoadError::options(
+            "--connections and --streams must be at least 1",
+        ));
     }
     let modes = [
         options.duration.is_some(),
@@ -266,23 +312,31 @@ fn validate(options: &LoadOptions) -> Result<(), String> {
         options.idle_hold.is_some(),
     ];
     if modes.iter().filter(|m| **m).count() != 1 {
-        return Err("give exactly one of --duration, --requests or --idle-hold".into());
+        return Err(LoadError::options(
+            "give exactly one of --duration, --requests or --idle-hold",
+        ));
     }
     if options.rate.is_some_and(|r| r <= 0.0 || !r.is_finite()) {
-        return Err("--rate must be a positive number of requests per second".into());
+        return Err(LoadError::options(
+            "--rate must be a positive number of requests per second",
+        ));
     }
     if options.handshake_only && options.rate.is_some() {
-        return Err("--handshake-only runs closed loop; drop --rate".into());
+        return Err(LoadError::options(
+            "--handshake-only runs closed loop; drop --rate",
+        ));
     }
     if options.idle_hold.is_some() && (options.rate.is_some() || options.handshake_only) {
-        return Err(
-            "--idle-hold opens connections and holds them; drop --rate/--handshake-only".into(),
-        );
+        return Err(LoadError::options(
+            "--idle-hold opens connections and holds them; drop --rate/--handshake-only",
+        ));
     }
     if (options.handshake_only || options.idle_hold.is_some())
         && !options.url.starts_with("https://")
     {
-        return Err("--handshake-only and --idle-hold need an https:// (HTTP/3) URL".into());
+        return Err(LoadError::options(
+            "--handshake-only and --idle-hold need an https:// (HTTP/3) URL",
+        ));
     }
     Ok(())
 }

@@ -6,12 +6,13 @@
 //! to one CPU; the load generator and the backend share the others. Costs are the proxy's own CPU
 //! seconds from `/proc`, so the generator's work is never counted against the proxy.
 
-pub mod procstat;
 pub mod report;
 pub mod targets;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use shards::procfs;
 
 use crate::load::{self, LoadOptions};
 use report::{Row, RunInfo, Section};
@@ -252,11 +253,11 @@ fn measure(scenario: &Scenario, proxies: &[&Server], backend: &Server) -> Result
         eprintln!("{}: {}", scenario.name, proxy.name);
         let pid = proxy.pid();
         warm_up(scenario, &proxy.url)?;
-        let cpu_before = procstat::cpu_seconds(pid).map_err(|e| e.to_string())?;
-        let rss_before = procstat::rss_bytes(pid).ok();
-        let result = load::run(&(scenario.options)(&proxy.url))?;
-        let cpu_after = procstat::cpu_seconds(pid).map_err(|e| e.to_string())?;
-        let rss_after = procstat::rss_bytes(pid).ok();
+        let cpu_before = procfs::cpu_seconds(&pid.to_string()).map_err(|e| e.to_string())?;
+        let rss_before = procfs::rss_bytes(&pid.to_string()).ok();
+        let result = load::run(&(scenario.options)(&proxy.url)).map_err(|e| e.to_string())?;
+        let cpu_after = procfs::cpu_seconds(&pid.to_string()).map_err(|e| e.to_string())?;
+        let rss_after = procfs::rss_bytes(&pid.to_string()).ok();
         let mut row = row_from(proxy.name, &result);
         row.proxy_cpu_seconds = Some(cpu_after - cpu_before);
         row.proxy_rss_before_bytes = rss_before;
@@ -266,7 +267,7 @@ fn measure(scenario: &Scenario, proxies: &[&Server], backend: &Server) -> Result
     if scenario.direct {
         eprintln!("{}: direct", scenario.name);
         warm_up(scenario, &backend.url)?;
-        let result = load::run(&(scenario.options)(&backend.url))?;
+        let result = load::run(&(scenario.options)(&backend.url)).map_err(|e| e.to_string())?;
         rows.push(row_from("direct", &result));
     }
     Ok(Section {
@@ -284,7 +285,7 @@ fn warm_up(scenario: &Scenario, url: &str) -> Result<(), String> {
         return Ok(());
     }
     options.duration = Some(Duration::from_secs(1));
-    load::run(&options).map(|_| ())
+    load::run(&options).map(|_| ()).map_err(|e| e.to_string())
 }
 
 fn row_from(target: &str, result: &load::LoadReport) -> Row {
@@ -350,9 +351,8 @@ fn machine_description() -> String {
                 .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    // SAFETY: sysconf has no preconditions. (available_parallelism would count only the CPUs
-    // this pinned process may use.)
-    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    // Not available_parallelism: that counts only the CPUs this pinned process may use.
+    let cores = shards::sys::online_cpus();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();

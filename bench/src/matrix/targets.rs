@@ -246,16 +246,5 @@ fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), ()
 
 /// Pins the calling process's threads (the load generator) to `cpus`.
 pub fn pin_self(cpus: &[usize]) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it for indexes below its size, and
-    // sched_setaffinity reads exactly size_of::<cpu_set_t>() bytes from it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &cpu in cpus {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    shards::sys::pin_to(cpus)
 }

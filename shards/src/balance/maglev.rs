@@ -3,7 +3,7 @@
 //! of keys. The table is built from backend ids, weights and active health only, so every shard
 //! and every process maps a key to the same backend.
 
-use super::{stable_hash, weighted_random, BackendIndex, Load, Select};
+use super::{stable_hash, weighted_random, BackendIndex, Pick, Select};
 
 /// Lookup table size: a prime well above any pool size, so each backend owns many slots.
 const MAGLEV_TABLE: usize = 65_537;
@@ -31,14 +31,9 @@ impl Select for Maglev {
     /// The backend owning the hash's slot; if it is ejected or already tried, the next slots'
     /// owners in table order, so the fallback is as stable as the first choice. A request
     /// without the key is spread at random rather than all sent to one backend.
-    fn select(
-        &mut self,
-        load: &mut Load<'_>,
-        eligible: &mut [bool],
-        key: Option<u64>,
-    ) -> Option<BackendIndex> {
-        let Some(hash) = key else {
-            return weighted_random(load, eligible);
+    fn select(&mut self, pick: &mut Pick<'_>) -> Option<BackendIndex> {
+        let Some(hash) = pick.key else {
+            return weighted_random(pick);
         };
         if self.table.is_empty() {
             return None;
@@ -46,7 +41,7 @@ impl Select for Maglev {
         let start = (hash % self.table.len() as u64) as usize;
         (0..self.table.len())
             .map(|step| self.table[(start + step) % self.table.len()] as usize)
-            .find(|&backend| eligible[backend])
+            .find(|&backend| pick.eligible[backend])
     }
 
     fn health_changed(&mut self, healthy: &[bool]) {
@@ -120,7 +115,7 @@ mod tests {
         eligible: &mut [bool],
         key: u64,
     ) -> Option<usize> {
-        maglev.select(&mut state.load(), eligible, Some(key))
+        maglev.select(&mut state.pick(eligible, Some(key)))
     }
 
     fn ids(n: usize) -> Vec<String> {

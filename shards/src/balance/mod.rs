@@ -30,8 +30,13 @@ pub type BackendIndex = usize;
 /// Response-time smoothing for `latency-aware` (weight of the newest sample).
 const EWMA_ALPHA: f64 = 0.3;
 
-/// What an algorithm may look at: the pool's weights and load, and the shard's generator.
-pub struct Load<'a> {
+/// One pick: which backends may be chosen, the request's key, and what an algorithm may look at
+/// (the pool's weights and load, and the shard's generator).
+pub struct Pick<'a> {
+    /// Backends that may be chosen. An algorithm may clear and restore marks while it works.
+    pub eligible: &'a mut [bool],
+    /// The request's hash, for keyed algorithms (`None`: the request lacks the key).
+    pub key: Option<u64>,
     pub weights: &'a [u32],
     /// Requests in flight from this shard, per backend.
     pub in_flight: &'a [u32],
@@ -42,21 +47,16 @@ pub struct Load<'a> {
 
 /// One load-balancing algorithm.
 pub trait Select {
-    /// Picks one of the backends marked in `eligible` (it may change and restore marks while it
-    /// works), or `None` when none is. `key` is the request's hash for keyed algorithms.
-    fn select(
-        &mut self,
-        load: &mut Load<'_>,
-        eligible: &mut [bool],
-        key: Option<u64>,
-    ) -> Option<BackendIndex>;
+    /// Picks one of the eligible backends, or `None` when none is.
+    fn select(&mut self, pick: &mut Pick<'_>) -> Option<BackendIndex>;
     /// The actively healthy set changed; algorithms with lookup structures rebuild them.
     fn health_changed(&mut self, _healthy: &[bool]) {}
 }
 
 /// Weighted random choice among the eligible backends.
-pub fn weighted_random(load: &mut Load<'_>, eligible: &[bool]) -> Option<BackendIndex> {
-    let total: u64 = load
+pub fn weighted_random(pick: &mut Pick<'_>) -> Option<BackendIndex> {
+    let eligible = &*pick.eligible;
+    let total: u64 = pick
         .weights
         .iter()
         .zip(eligible)
@@ -66,8 +66,8 @@ pub fn weighted_random(load: &mut Load<'_>, eligible: &[bool]) -> Option<Backend
     if total == 0 {
         return None;
     }
-    let mut ticket = load.rng.next() % total;
-    for (i, weight) in load.weights.iter().enumerate() {
+    let mut ticket = pick.rng.next() % total;
+    for (i, weight) in pick.weights.iter().enumerate() {
         if !eligible[i] {
             continue;
         }
@@ -159,13 +159,15 @@ impl Balancer {
                 *slot = self.healthy[i] && !tried.contains(&i);
             }
         }
-        let mut load = Load {
+        let mut pick = Pick {
+            eligible: &mut eligible,
+            key: key_hash,
             weights: &self.weights,
             in_flight: &self.in_flight,
             ewma_us: &self.ewma_us,
             rng: &mut self.rng,
         };
-        let picked = self.algorithm.select(&mut load, &mut eligible, key_hash);
+        let picked = self.algorithm.select(&mut pick);
         self.eligible = eligible;
         picked
     }
@@ -230,8 +232,10 @@ pub(crate) mod tests {
             }
         }
 
-        pub fn load(&mut self) -> Load<'_> {
-            Load {
+        pub fn pick<'a>(&'a mut self, eligible: &'a mut [bool], key: Option<u64>) -> Pick<'a> {
+            Pick {
+                eligible,
+                key,
                 weights: &self.weights,
                 in_flight: &self.in_flight,
                 ewma_us: &self.ewma_us,
@@ -251,7 +255,7 @@ pub(crate) mod tests {
         let mut marks = eligible.to_vec();
         let mut picks = Vec::new();
         for _ in 0..n {
-            let Some(pick) = select.select(&mut state.load(), &mut marks, None) else {
+            let Some(pick) = select.select(&mut state.pick(&mut marks, None)) else {
                 break;
             };
             assert!(eligible[pick], "picked ineligible backend {pick}");

@@ -2,7 +2,7 @@
 //! `least-request` scores by requests in flight per weight; `latency-aware` multiplies that by the
 //! smoothed time to response headers, so a slow backend gets fewer requests before it is loaded.
 
-use super::{weighted_random, BackendIndex, Load, Select};
+use super::{weighted_random, BackendIndex, Pick, Select};
 
 /// Assumed response time of a backend with no sample yet, so new backends get tried.
 const EWMA_UNKNOWN_US: f64 = 1_000.0;
@@ -22,7 +22,7 @@ impl PowerOfTwo {
         PowerOfTwo { score }
     }
 
-    fn score(&self, load: &Load<'_>, i: BackendIndex) -> f64 {
+    fn score(&self, load: &Pick<'_>, i: BackendIndex) -> f64 {
         let busy = f64::from(load.in_flight[i] + 1) / f64::from(load.weights[i]);
         match self.score {
             Score::LeastRequest => busy,
@@ -39,21 +39,16 @@ impl PowerOfTwo {
 }
 
 impl Select for PowerOfTwo {
-    fn select(
-        &mut self,
-        load: &mut Load<'_>,
-        eligible: &mut [bool],
-        _key: Option<u64>,
-    ) -> Option<BackendIndex> {
-        let first = weighted_random(load, eligible)?;
-        if eligible.iter().filter(|ok| **ok).count() < 2 {
+    fn select(&mut self, pick: &mut Pick<'_>) -> Option<BackendIndex> {
+        let first = weighted_random(pick)?;
+        if pick.eligible.iter().filter(|ok| **ok).count() < 2 {
             return Some(first);
         }
-        eligible[first] = false;
-        let second = weighted_random(load, eligible);
-        eligible[first] = true;
+        pick.eligible[first] = false;
+        let second = weighted_random(pick);
+        pick.eligible[first] = true;
         let second = second?;
-        Some(if self.score(load, second) < self.score(load, first) {
+        Some(if self.score(pick, second) < self.score(pick, first) {
             second
         } else {
             first

@@ -1,17 +1,12 @@
 //! Weighted random: each backend is picked with probability weight / total of the eligible ones.
 
-use super::{weighted_random, BackendIndex, Load, Select};
+use super::{weighted_random, BackendIndex, Pick, Select};
 
 pub struct Random;
 
 impl Select for Random {
-    fn select(
-        &mut self,
-        load: &mut Load<'_>,
-        eligible: &mut [bool],
-        _key: Option<u64>,
-    ) -> Option<BackendIndex> {
-        weighted_random(load, eligible)
+    fn select(&mut self, pick: &mut Pick<'_>) -> Option<BackendIndex> {
+        weighted_random(pick)
     }
 }
 

@@ -2,7 +2,7 @@
 //! weight to its current value, takes the largest, and subtracts the total from it. Picks
 //! interleave (a:5 b:1 c:1 gives a a b a c a a) instead of bursting.
 
-use super::{BackendIndex, Load, Select};
+use super::{BackendIndex, Pick, Select};
 
 pub struct RoundRobin {
     current: Vec<i64>,
@@ -17,16 +17,11 @@ impl RoundRobin {
 }
 
 impl Select for RoundRobin {
-    fn select(
-        &mut self,
-        load: &mut Load<'_>,
-        eligible: &mut [bool],
-        _key: Option<u64>,
-    ) -> Option<BackendIndex> {
+    fn select(&mut self, pick: &mut Pick<'_>) -> Option<BackendIndex> {
         let mut total = 0i64;
         let mut best: Option<BackendIndex> = None;
-        for (i, _) in eligible.iter().enumerate().filter(|(_, ok)| **ok) {
-            let weight = i64::from(load.weights[i]);
+        for (i, _) in pick.eligible.iter().enumerate().filter(|(_, ok)| **ok) {
+            let weight = i64::from(pick.weights[i]);
             self.current[i] += weight;
             total += weight;
             if best.is_none_or(|b| self.current[i] > self.current[b]) {

@@ -17,7 +17,9 @@ use quiche::h3::{HeaderRef, NameValue, WireErrorCode};
 use super::session::StreamSlot;
 use super::Connections;
 use crate::http::response::{forwardable_fields, response_fields, status_digits};
-use crate::http::{translate_request_trailers, Abort, BodyRead, Downstream, ReadError, StreamGone};
+use crate::http::{
+    translate_request_trailers, Abort, BodyRead, Downstream, ReadError, Sent, StreamGone,
+};
 use crate::quic::cid::ServerCid;
 
 /// Identifies one request stream across the shard. The serial guards against a connection ID that
@@ -42,6 +44,18 @@ fn header_refs<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<He
     fields
         .map(|(name, value)| HeaderRef::new(name, value))
         .collect()
+}
+
+/// The stream cannot go on: quiche refused an operation for a reason other than flow control.
+fn failed<T>(what: &str, stream_id: u64, e: quiche::h3::Error) -> Poll<Result<T, StreamGone>> {
+    log::debug!("{what} on stream {stream_id}: {e}");
+    Poll::Ready(Err(StreamGone))
+}
+
+/// Waits for the session's next news about the stream.
+fn park<T>(slot: &mut StreamSlot, cx: &std::task::Context<'_>) -> Poll<T> {
+    slot.park(cx.waker());
+    Poll::Pending
 }
 
 fn abort_code(why: Abort) -> u64 {
@@ -95,14 +109,8 @@ impl H3Stream {
                 };
                 match sent {
                     Ok(()) => Poll::Ready(Ok(())),
-                    Err(quiche::h3::Error::StreamBlocked) => {
-                        slot.park(cx.waker());
-                        Poll::Pending
-                    }
-                    Err(e) => {
-                        log::debug!("sending fields on stream {stream_id}: {e}");
-                        Poll::Ready(Err(StreamGone))
-                    }
+                    Err(quiche::h3::Error::StreamBlocked) => park(slot, cx),
+                    Err(e) => failed("sending fields", stream_id, e),
                 }
             });
             attempt.unwrap_or(Poll::Ready(Err(StreamGone)))
@@ -124,23 +132,18 @@ impl Downstream for H3Stream {
         self.key.stream_id
     }
 
-    async fn send_head(
-        &self,
-        status: u16,
-        headers: &HeaderMap,
-        end: bool,
-    ) -> Result<(), StreamGone> {
+    async fn send_head(&self, status: u16, headers: &HeaderMap, end: bool) -> Sent {
         let status = status_digits(status);
         let fields = header_refs(response_fields(&status, headers));
         self.send_fields(&fields, end, false).await
     }
 
-    async fn send_trailers(&self, trailers: &HeaderMap) -> Result<(), StreamGone> {
+    async fn send_trailers(&self, trailers: &HeaderMap) -> Sent {
         let fields = header_refs(forwardable_fields(trailers));
         self.send_fields(&fields, true, true).await
     }
 
-    async fn write_body(&self, data: &[u8], end: bool) -> Result<(), StreamGone> {
+    async fn write_body(&self, data: &[u8], end: bool) -> Sent {
         // Writing nothing without `end` is a no-op (quiche would refuse it).
         if data.is_empty() && !end {
             return Ok(());
@@ -156,18 +159,11 @@ impl Downstream for H3Stream {
                             return Poll::Ready(Ok(()));
                         }
                         if n == 0 {
-                            slot.park(cx.waker());
-                            return Poll::Pending;
+                            return park(slot, cx);
                         }
                     }
-                    Err(quiche::h3::Error::Done) => {
-                        slot.park(cx.waker());
-                        return Poll::Pending;
-                    }
-                    Err(e) => {
-                        log::debug!("send_body on stream {stream_id}: {e}");
-                        return Poll::Ready(Err(StreamGone));
-                    }
+                    Err(quiche::h3::Error::Done) => return park(slot, cx),
+                    Err(e) => return failed("send_body", stream_id, e),
                 }
             });
             attempt.unwrap_or(Poll::Ready(Err(StreamGone)))

@@ -14,6 +14,9 @@ use super::request::Malformed;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamGone;
 
+/// The outcome of a write to the client stream.
+pub type Sent = Result<(), StreamGone>;
+
 /// One read from a request body.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BodyRead {
@@ -63,9 +66,9 @@ pub trait Downstream {
         end: bool,
     ) -> Result<(), StreamGone>;
     /// Writes all of `data` to the response body, waiting for flow-control credit as needed.
-    async fn write_body(&self, data: &[u8], end: bool) -> Result<(), StreamGone>;
+    async fn write_body(&self, data: &[u8], end: bool) -> Sent;
     /// Sends response trailers, which end the stream.
-    async fn send_trailers(&self, trailers: &HeaderMap) -> Result<(), StreamGone>;
+    async fn send_trailers(&self, trailers: &HeaderMap) -> Sent;
     /// Reads request body bytes into `buf`, waiting for the client when none are buffered.
     async fn read_body(&self, buf: &mut [u8]) -> Result<BodyRead, ReadError>;
     /// Resolves when the client stream is gone.

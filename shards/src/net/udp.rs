@@ -8,13 +8,11 @@
 //! allocates per packet.
 
 use std::io;
-use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
-const SOL_UDP: libc::c_int = 17;
-const UDP_SEGMENT: libc::c_int = 103;
-const UDP_GRO: libc::c_int = 104;
+use crate::sys;
+
 /// The kernel's limit on segments per GSO send (`UDP_MAX_SEGMENTS`).
 const MAX_SEGMENTS: usize = 64;
 /// Largest UDP payload one send may carry (65535 minus IPv6 and UDP headers, rounded down).
@@ -22,36 +20,13 @@ pub const MAX_BATCH_BYTES: usize = 65_000;
 
 /// Asks the kernel to coalesce received datagrams of one flow. Returns whether it agreed.
 pub fn enable_gro(socket: &UdpSocket) -> bool {
-    set_int_option(socket, SOL_UDP, UDP_GRO, 1).is_ok()
+    sys::set_int_option(socket.as_raw_fd(), sys::SOL_UDP, sys::UDP_GRO, 1).is_ok()
 }
 
 /// Whether the kernel accepts `UDP_SEGMENT` on this socket at all (a first check; the device may
 /// still refuse at send time).
 pub fn gso_supported(socket: &UdpSocket) -> bool {
-    set_int_option(socket, SOL_UDP, UDP_SEGMENT, 0).is_ok()
-}
-
-fn set_int_option(
-    socket: &UdpSocket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: setsockopt reads size_of::<c_int>() bytes from a valid pointer to a c_int.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    sys::set_int_option(socket.as_raw_fd(), sys::SOL_UDP, sys::UDP_SEGMENT, 0).is_ok()
 }
 
 /// What one receive call returned.
@@ -71,73 +46,12 @@ pub fn segments(buf: &mut [u8], segment_size: usize) -> impl Iterator<Item = &mu
 
 /// Receives one (possibly coalesced) datagram without blocking.
 pub fn receive(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
-    // SAFETY: all-zero bytes are valid for these plain C structs.
-    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut control = [0u64; 8];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: as above.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&control);
-    // SAFETY: every pointer in `msg` refers to a live local buffer of the stated length.
-    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let len = n as usize;
-    let from = to_socket_addr(&storage)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown address family"))?;
-    let mut segment_size = len;
-    // SAFETY: `msg` was filled by recvmsg; the CMSG macros walk its control buffer within
-    // msg_controllen, and the UDP_GRO payload is a c_int.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
-                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
-                if size > 0 {
-                    segment_size = size as usize;
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
+    let (len, from, segment) = sys::recv_gro(socket.as_raw_fd(), buf)?;
     Ok(Received {
         len,
         from,
-        segment_size,
+        segment_size: segment.unwrap_or(len),
     })
-}
-
-fn to_socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in, which it is large enough for.
-            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
 }
 
 /// Packets waiting to leave as one segmented send: same destination, same size except the last.
@@ -239,7 +153,12 @@ impl SendBatch {
         let result = match self.to {
             None => Ok(()),
             Some(to) if self.count > 1 => {
-                match send_segmented(socket, &self.buf[..self.len], self.segment_size, to) {
+                match sys::send_segmented(
+                    socket.as_raw_fd(),
+                    &self.buf[..self.len],
+                    self.segment_size,
+                    to,
+                ) {
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
                         // The device cannot segment: send these one by one, and never batch
                         // again.
@@ -303,44 +222,6 @@ impl From<io::Error> for SendError {
 impl SendError {
     pub fn would_block(&self) -> bool {
         self.0.kind() == io::ErrorKind::WouldBlock
-    }
-}
-
-fn send_segmented(
-    socket: &UdpSocket,
-    payload: &[u8],
-    segment_size: usize,
-    to: SocketAddr,
-) -> io::Result<()> {
-    let addr = socket2::SockAddr::from(to);
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut libc::c_void,
-        iov_len: payload.len(),
-    };
-    let mut control = [0u64; 4];
-    // SAFETY: all-zero bytes are a valid msghdr.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = addr.as_ptr() as *mut libc::c_void;
-    msg.msg_namelen = addr.len();
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE only computes a size.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-    // SAFETY: the control buffer is 32 bytes, more than CMSG_SPACE(2); the header and its u16
-    // payload are written inside it. The message's pointers refer to live buffers.
-    let rc = unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = SOL_UDP;
-        (*cmsg).cmsg_type = UDP_SEGMENT;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment_size as u16);
-        libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_DONTWAIT)
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 

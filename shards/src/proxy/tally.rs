@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use http::HeaderMap;
 
-use crate::http::{Abort, BodyRead, Downstream, ReadError, StreamGone};
+use crate::http::{Abort, BodyRead, Downstream, ReadError, Sent};
 use crate::stats::ShardStats;
 
 pub struct Tallied<'a, D> {
@@ -51,25 +51,20 @@ impl<D: Downstream> Downstream for Tallied<'_, D> {
         self.inner.request_id()
     }
 
-    async fn send_head(
-        &self,
-        status: u16,
-        headers: &HeaderMap,
-        end: bool,
-    ) -> Result<(), StreamGone> {
+    async fn send_head(&self, status: u16, headers: &HeaderMap, end: bool) -> Sent {
         self.stats.count_status(status);
         self.inner.send_head(status, headers, end).await?;
         self.status.set(status);
         Ok(())
     }
 
-    async fn write_body(&self, data: &[u8], end: bool) -> Result<(), StreamGone> {
+    async fn write_body(&self, data: &[u8], end: bool) -> Sent {
         self.inner.write_body(data, end).await?;
         self.bytes_out.set(self.bytes_out.get() + data.len() as u64);
         Ok(())
     }
 
-    async fn send_trailers(&self, trailers: &HeaderMap) -> Result<(), StreamGone> {
+    async fn send_trailers(&self, trailers: &HeaderMap) -> Sent {
         self.inner.send_trailers(trailers).await
     }
 

@@ -1,7 +1,8 @@
 //! The QUIC configuration every connection of a shard shares: certificate, ALPN and transport
-//! parameters, built from the plan.
+//! parameters, built from the plan in memory (the certificate was parsed by the coordinator; see
+//! [`crate::tls`]).
 
-use std::path::PathBuf;
+use boring::ssl::{SslContextBuilder, SslMethod};
 
 use crate::plan::{ProxyPlan, QuicSettings};
 use crate::quic::endpoint::MAX_DATAGRAM;
@@ -14,39 +15,38 @@ const MAX_PATHS: u64 = 8;
 /// Why the QUIC configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("TLS context for {cert}: {source}")]
+    Tls {
+        cert: std::path::PathBuf,
+        #[source]
+        source: boring::error::ErrorStack,
+    },
     #[error("quiche configuration: {0}")]
     Quiche(#[source] quiche::Error),
-    #[error("certificate chain {path}: {source}")]
-    CertChain {
-        path: PathBuf,
-        #[source]
-        source: quiche::Error,
-    },
-    #[error("private key {path}: {source}")]
-    PrivateKey {
-        path: PathBuf,
-        #[source]
-        source: quiche::Error,
-    },
 }
 
 /// Builds the configuration for `plan`: its certificate and key, ALPN `h3`, its transport limits.
 pub fn quic_config(plan: &ProxyPlan) -> Result<quiche::Config, ConfigError> {
-    let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).map_err(ConfigError::Quiche)?;
-    let cert = &plan.tls.cert_chain;
-    let key = &plan.tls.private_key;
-    config
-        .load_cert_chain_from_pem_file(&cert.to_string_lossy())
-        .map_err(|source| ConfigError::CertChain {
-            path: cert.clone(),
-            source,
-        })?;
-    config
-        .load_priv_key_from_pem_file(&key.to_string_lossy())
-        .map_err(|source| ConfigError::PrivateKey {
-            path: key.clone(),
-            source,
-        })?;
+    let identity = &plan.tls;
+    let tls = |source| ConfigError::Tls {
+        cert: identity.cert_path().to_path_buf(),
+        source,
+    };
+    let mut context = SslContextBuilder::new(SslMethod::tls()).map_err(tls)?;
+    let (leaf, intermediates) = identity
+        .chain()
+        .split_first()
+        .ok_or_else(|| tls(boring::error::ErrorStack::get()))?;
+    context.set_certificate(leaf).map_err(tls)?;
+    for intermediate in intermediates {
+        context
+            .add_extra_chain_cert(intermediate.clone())
+            .map_err(tls)?;
+    }
+    context.set_private_key(identity.key()).map_err(tls)?;
+    context.check_private_key().map_err(tls)?;
+    let mut config = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, context)
+        .map_err(ConfigError::Quiche)?;
     config
         .set_application_protos(quiche::h3::APPLICATION_PROTOCOL)
         .map_err(ConfigError::Quiche)?;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::plan::{ProxyPlan, QuicSettings, TlsFiles};
+use crate::plan::{ProxyPlan, QuicSettings};
 use crate::quic::config::quic_config;
+use crate::tls::TlsIdentity;
 
 const SECRET: [u8; 32] = [7; 32];
 const OWN_KEY: u16 = 3;
@@ -51,23 +52,16 @@ fn client_addr() -> SocketAddr {
     "198.51.100.7:50000".parse().unwrap()
 }
 
-/// A certificate and key for `localhost` in a fresh directory.
-fn certificate() -> TlsFiles {
-    let dir = std::env::temp_dir().join(format!(
-        "spooky-endpoint-test-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A certificate and key for `localhost`, in memory.
+fn certificate() -> TlsIdentity {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert_chain = dir.join("cert.pem");
-    let private_key = dir.join("key.pem");
-    std::fs::write(&cert_chain, cert.cert.pem()).unwrap();
-    std::fs::write(&private_key, cert.key_pair.serialize_pem()).unwrap();
-    TlsFiles {
-        cert_chain,
-        private_key,
-    }
+    TlsIdentity::from_pem(
+        cert.cert.pem().as_bytes(),
+        cert.key_pair.serialize_pem().as_bytes(),
+        std::path::Path::new("cert.pem"),
+        std::path::Path::new("key.pem"),
+    )
+    .unwrap()
 }
 
 fn endpoint(idle_timeout: Duration) -> (Endpoint<Recorder>, Arc<ShardStats>) {

@@ -46,6 +46,20 @@ where
         .spawn(run)
 }
 
+/// Starts `run` on a new thread named `name` with its own executor, on whatever CPU the kernel
+/// picks (the coordinator's helpers: health checks, the demo backend).
+pub fn start_unbound<T, F, Fut>(name: &str, run: F) -> Result<ExecutorThread<T>, ExecutorError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name(name)
+        .io_memory(IO_MEMORY)
+        .spawn(run)
+}
+
 /// Runs `task` on this shard's executor, detached: it lives until it returns.
 pub fn spawn(task: impl Future<Output = ()> + 'static) {
     glommio::spawn_local(task).detach();

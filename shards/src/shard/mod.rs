@@ -157,7 +157,7 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
         inbox: sync_inbox,
         handoff_buf: RefCell::new(vec![0; udp::MAX_BATCH_BYTES].into_boxed_slice()),
     });
-    stats.thread_id.set(tasks::current_thread_id());
+    stats.thread_id.set(crate::sys::thread_id());
     stats.running.set(1);
     log::info!(
         "shard {index} serving {} on cpu {cpu} (GRO {}, GSO {})",

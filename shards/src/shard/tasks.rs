@@ -27,11 +27,6 @@ use crate::rt;
 /// are not delayed behind a long burst.
 const RECEIVE_BATCH: usize = 64;
 
-pub fn current_thread_id() -> u64 {
-    // SAFETY: gettid has no preconditions and cannot fail.
-    unsafe { libc::gettid() as u64 }
-}
-
 pub async fn receive_loop(shard: Rc<Shard>, socket: rt::UdpSocket) -> Result<(), ShardError> {
     // Big enough for a whole GRO batch; datagrams are read with recvmsg to learn the segment
     // size, so the runtime only tells us when the socket is readable (a one-byte peek).

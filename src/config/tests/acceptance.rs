@@ -13,8 +13,8 @@ fn accepts_full_example() {
     assert_eq!(config.origin(), s.config_path());
 
     let plan = config.plan();
-    assert_eq!(plan.tls.cert_chain, s.certs.cert_chain);
-    assert_eq!(plan.tls.private_key, s.certs.private_key);
+    assert_eq!(plan.tls.cert_path(), s.certs.cert_chain);
+    assert_eq!(plan.tls.key_path(), s.certs.private_key);
     assert_eq!(plan.quic.idle_timeout, Duration::from_secs(10));
     assert_eq!(plan.quic.max_concurrent_streams, 100);
     assert_eq!(plan.quic.stream_window, 65536);
@@ -95,9 +95,9 @@ fn relative_tls_paths_resolve_against_the_config_directory() {
         .parse(&text)
         .expect("relative paths next to the config are found")
         .plan();
-    assert_eq!(plan.tls.cert_chain, s.dir.join("cert.pem"));
-    assert!(plan.tls.private_key.is_absolute());
-    assert!(plan.tls.private_key.ends_with("key.pem"));
+    assert_eq!(plan.tls.cert_path(), s.dir.join("cert.pem"));
+    assert!(plan.tls.key_path().is_absolute());
+    assert!(plan.tls.key_path().ends_with("key.pem"));
 }
 
 #[test]

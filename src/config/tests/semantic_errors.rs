@@ -489,3 +489,24 @@ fn zero_timeouts() {
         "must be at least 1 ms, got 0",
     );
 }
+
+#[test]
+fn a_key_of_another_certificate_is_refused_at_the_key() {
+    let s = Scratch::new();
+    let foreign = selfsigned::generate(&s.dir.join("other")).unwrap();
+    let text = edit(
+        &s.minimal(),
+        &s.tls_line(),
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            s.certs.cert_chain.display(),
+            foreign.private_key.display()
+        ),
+    );
+    let problems = s.problems(&text);
+    assert_problem(
+        &problems,
+        "listen.tls.key",
+        "does not belong to the certificate",
+    );
+}

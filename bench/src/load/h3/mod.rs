@@ -12,7 +12,7 @@ use quiche::h3::{NameValue, WireErrorCode};
 use super::poller::{precise_timers, Poller};
 use super::schedule::Pacer;
 use super::stats::{ErrorKind, Recorder};
-use super::ThreadPlan;
+use super::{LoadError, ThreadPlan};
 use crate::backend::pattern_byte;
 
 mod conn;
@@ -45,7 +45,7 @@ struct Loader {
     pacer: Option<Pacer>,
 }
 
-pub(crate) fn run_thread(plan: ThreadPlan) -> Result<Recorder, String> {
+pub(crate) fn run_thread(plan: ThreadPlan) -> Result<Recorder, LoadError> {
     precise_timers();
     let mut loader = Loader::new(plan)?;
     loader.run()?;
@@ -53,9 +53,9 @@ pub(crate) fn run_thread(plan: ThreadPlan) -> Result<Recorder, String> {
 }
 
 impl Loader {
-    fn new(plan: ThreadPlan) -> Result<Loader, String> {
+    fn new(plan: ThreadPlan) -> Result<Loader, LoadError> {
         let config = client_config(&plan)?;
-        let h3_config = quiche::h3::Config::new().map_err(|e| e.to_string())?;
+        let h3_config = quiche::h3::Config::new().map_err(LoadError::Http3)?;
         let target = &plan.target;
         let method = plan.options.method.as_bytes();
         let headers = target
@@ -92,7 +92,7 @@ impl Loader {
             conns: (0..plan.connections).map(|_| None).collect(),
             config,
             h3_config,
-            poller: Poller::new().map_err(|e| format!("epoll: {e}"))?,
+            poller: Poller::new().map_err(LoadError::io("epoll"))?,
             recorder: Recorder {
                 recording,
                 ..Recorder::default()
@@ -111,7 +111,7 @@ impl Loader {
 
     /// Opens every connection and waits (up to the request timeout) until each can carry
     /// requests, then starts the run's clock.
-    fn connect_all(&mut self) -> Result<(), String> {
+    fn connect_all(&mut self) -> Result<(), LoadError> {
         let mut ready = Vec::new();
         let limit = Instant::now() + self.plan.options.request_timeout;
         loop {
@@ -142,7 +142,7 @@ impl Loader {
         Ok(())
     }
 
-    fn run(&mut self) -> Result<(), String> {
+    fn run(&mut self) -> Result<(), LoadError> {
         if !self.plan.options.handshake_only && self.plan.options.idle_hold.is_none() {
             self.connect_all()?;
         }
@@ -201,11 +201,11 @@ impl Loader {
         &mut self,
         timeout: Option<std::time::Duration>,
         ready: &mut Vec<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LoadError> {
         ready.clear();
         self.poller
             .wait(timeout, ready)
-            .map_err(|e| format!("epoll: {e}"))?;
+            .map_err(LoadError::io("epoll"))?;
         for &token in ready.iter() {
             self.receive(token as usize);
         }
@@ -217,28 +217,32 @@ impl Loader {
     }
 
     /// Opens a connection in every empty slot (at start, and after one closed).
-    fn open_missing(&mut self, now: Instant) -> Result<(), String> {
+    fn open_missing(&mut self, now: Instant) -> Result<(), LoadError> {
         for slot in 0..self.conns.len() {
             if self.conns[slot].is_none() {
                 let conn = self.connect(now)?;
                 self.poller
                     .add(conn.socket.as_raw_fd(), slot as u64)
-                    .map_err(|e| format!("epoll: {e}"))?;
+                    .map_err(LoadError::io("epoll"))?;
                 self.conns[slot] = Some(conn);
             }
         }
         Ok(())
     }
 
-    fn connect(&mut self, now: Instant) -> Result<Conn, String> {
+    fn connect(&mut self, now: Instant) -> Result<Conn, LoadError> {
         let target = &self.plan.target;
         let socket = crate::client::bind_connected(target.server)
-            .map_err(|e| format!("udp socket to {}: {e}", target.server))?;
-        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let local = socket.local_addr().map_err(|e| e.to_string())?;
+            .map_err(LoadError::io(format!("udp socket to {}", target.server)))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(LoadError::io("non-blocking socket"))?;
+        let local = socket
+            .local_addr()
+            .map_err(LoadError::io("socket address"))?;
         let mut scid = [0u8; 16];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut scid)
-            .map_err(|_| "no randomness".to_string())?;
+            .map_err(|_| LoadError::Random)?;
         let quic = quiche::connect(
             crate::client::sni_for(&target.host),
             &quiche::ConnectionId::from_ref(&scid),
@@ -246,7 +250,10 @@ impl Loader {
             target.server,
             &mut self.config,
         )
-        .map_err(|e| format!("quic connect: {e}"))?;
+        .map_err(|source| LoadError::Quic {
+            what: "quic connect",
+            source,
+        })?;
         Ok(Conn {
             socket,
             local,
@@ -544,13 +551,15 @@ impl Loader {
     }
 }
 
-fn client_config(plan: &ThreadPlan) -> Result<quiche::Config, String> {
+fn client_config(plan: &ThreadPlan) -> Result<quiche::Config, LoadError> {
     let idle = plan
         .options
         .idle_hold
         .map_or(plan.options.request_timeout, |hold| {
             hold + plan.options.request_timeout
         });
-    crate::client::client_config(&plan.options.verify, idle)
-        .map_err(|e| format!("quic config: {e}"))
+    crate::client::client_config(&plan.options.verify, idle).map_err(|source| LoadError::Quic {
+        what: "quic config",
+        source,
+    })
 }

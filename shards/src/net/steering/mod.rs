@@ -19,13 +19,15 @@
 //!
 //! Loading needs `CAP_BPF` (or root) and a mounted bpffs; without them the caller falls back to
 //! hashing plus in-process hand-off ([`super::handoff`]). The program builder ([`program`]) is plain data
-//! and unit-tested; the `bpf(2)` calls here are the only unsafe code of steering.
+//! and unit-tested; the `bpf(2)` calls go through [`crate::sys`].
 
 use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::sys;
 use std::path::{Path, PathBuf};
 
 mod program;
@@ -177,21 +179,13 @@ impl Steering {
             map_update(map.as_raw_fd(), u32::from(*key), socket.as_raw_fd() as u64)
                 .map_err(|source| SteeringError::Register { key: *key, source })?;
         }
-        let prog_fd: libc::c_int = program.as_raw_fd();
-        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid pointer to a c_int;
-        // the socket descriptor is open for the duration of the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                sockets[0].as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_ATTACH_REUSEPORT_EBPF,
-                (&prog_fd as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(SteeringError::Attach(io::Error::last_os_error()));
-        }
+        sys::set_int_option(
+            sockets[0].as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_EBPF,
+            program.as_raw_fd(),
+        )
+        .map_err(SteeringError::Attach)?;
         Ok(Steering {
             map,
             _program: program,
@@ -237,36 +231,13 @@ pub fn pin_name(addr: SocketAddr) -> String {
     format!("spooky_udp_{ip}_{}", addr.port())
 }
 
-fn bpf(cmd: u32, attr: &mut [u64; 16]) -> io::Result<i64> {
-    // SAFETY: `attr` is a zero-initialised 128-byte buffer laid out as the kernel's `union
-    // bpf_attr` for `cmd`; every pointer stored in it refers to memory that outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn owned_fd(fd: i64) -> OwnedFd {
-    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
-}
-
 fn open_or_create_map(pin_path: &Path) -> Result<OwnedFd, SteeringError> {
     let path = CString::new(pin_path.as_os_str().as_encoded_bytes())
         .map_err(|e| SteeringError::Map(io::Error::other(e)))?;
     let get = || {
         let mut attr = [0u64; 16];
         attr[0] = path.as_ptr() as u64;
-        bpf(BPF_OBJ_GET, &mut attr).map(owned_fd)
+        sys::bpf(BPF_OBJ_GET, &mut attr).map(sys::fd_from_bpf)
     };
     match get() {
         Ok(fd) => return Ok(fd),
@@ -281,13 +252,13 @@ fn open_or_create_map(pin_path: &Path) -> Result<OwnedFd, SteeringError> {
     let mut attr = [0u64; 16];
     attr[0] = u64::from(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY) | (4u64 << 32);
     attr[1] = 8 | (u64::from(MAX_STEERING_KEYS) << 32);
-    let map = bpf(BPF_MAP_CREATE, &mut attr)
-        .map(owned_fd)
+    let map = sys::bpf(BPF_MAP_CREATE, &mut attr)
+        .map(sys::fd_from_bpf)
         .map_err(SteeringError::Map)?;
     let mut attr = [0u64; 16];
     attr[0] = path.as_ptr() as u64;
     attr[1] = map.as_raw_fd() as u64;
-    match bpf(BPF_OBJ_PIN, &mut attr) {
+    match sys::bpf(BPF_OBJ_PIN, &mut attr) {
         Ok(_) => Ok(map),
         // Another process pinned its map first: use that one, so the group shares one map.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -315,8 +286,8 @@ fn load_program(map_fd: RawFd) -> Result<OwnedFd, SteeringError> {
     attr[4] = log.as_mut_ptr() as u64;
     // expected_attach_type sits at byte offset 68: the high half of word 8.
     attr[8] = u64::from(BPF_SK_REUSEPORT_SELECT) << 32;
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => Ok(owned_fd(fd)),
+    match sys::bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => Ok(sys::fd_from_bpf(fd)),
         Err(source) => {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
             Err(SteeringError::Load {
@@ -332,14 +303,14 @@ fn map_update(map_fd: RawFd, key: u32, value: u64) -> io::Result<()> {
     attr[0] = map_fd as u64;
     attr[1] = (&key as *const u32) as u64;
     attr[2] = (&value as *const u64) as u64;
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+    sys::bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
 }
 
 fn map_delete(map_fd: RawFd, key: u32) -> io::Result<()> {
     let mut attr = [0u64; 16];
     attr[0] = map_fd as u64;
     attr[1] = (&key as *const u32) as u64;
-    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
+    sys::bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
 }
 
 fn map_has(map_fd: RawFd, key: u32) -> bool {
@@ -348,7 +319,7 @@ fn map_has(map_fd: RawFd, key: u32) -> bool {
     attr[0] = map_fd as u64;
     attr[1] = (&key as *const u32) as u64;
     attr[2] = (&mut value as *mut u64) as u64;
-    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).is_ok()
+    sys::bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).is_ok()
 }
 
 #[cfg(test)]

@@ -1,26 +1,30 @@
-//! CPU time and resident memory of another process, read from `/proc`.
-//!
-//! The benchmark's cost figures are the proxy's own CPU seconds (user + system, from
-//! `/proc/PID/stat`) between the start and the end of a scenario, so the load generator and the
-//! backend, which run beside it, are never counted against it.
+//! A process's resource figures from `/proc`: CPU time, resident memory, open descriptors. Shared
+//! by the admin endpoint (this process) and the benchmark matrix (the proxy under test).
 
 use std::fs;
 use std::io;
 
-/// User plus system CPU seconds the process has used so far.
-pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+use crate::sys;
+
+/// User plus system CPU seconds the process `pid` (or `self`) has used so far.
+pub fn cpu_seconds(pid: &str) -> io::Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_cpu_ticks(&stat)
-        .map(|ticks| ticks as f64 / clock_ticks_per_second())
+        .map(|ticks| ticks as f64 / sys::clock_ticks_per_second())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat"))
 }
 
-/// Resident set size in bytes (`VmRSS`).
-pub fn rss_bytes(pid: u32) -> io::Result<u64> {
+/// Resident set size in bytes (`VmRSS` of `/proc/PID/status`).
+pub fn rss_bytes(pid: &str) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     parse_rss_kib(&status)
         .map(|kib| kib * 1024)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS in /proc status"))
+}
+
+/// Open file descriptors of `pid`.
+pub fn open_fds(pid: &str) -> io::Result<u64> {
+    Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
 }
 
 /// utime + stime in clock ticks. Fields are counted after the command name, which is in
@@ -42,16 +46,6 @@ fn parse_rss_kib(status: &str) -> Option<u64> {
         .and_then(|kib| kib.parse().ok())
 }
 
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,9 +65,10 @@ mod tests {
     }
 
     #[test]
-    fn own_process_has_cpu_time_and_memory() {
-        let pid = std::process::id();
-        assert!(cpu_seconds(pid).unwrap() >= 0.0);
-        assert!(rss_bytes(pid).unwrap() > 0);
+    fn own_process_has_cpu_time_memory_and_descriptors() {
+        let pid = std::process::id().to_string();
+        assert!(cpu_seconds(&pid).unwrap() >= 0.0);
+        assert!(rss_bytes("self").unwrap() > 0);
+        assert!(open_fds("self").unwrap() >= 3);
     }
 }
