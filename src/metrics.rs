@@ -403,34 +403,30 @@ fn process_metrics(out: &mut String, config_generation: u64) {
     let _ = writeln!(out, "spooky_config_generation {config_generation}");
     // A figure the kernel will not give reads as zero rather than hiding the others.
     use shards::procfs;
-    header(
-        out,
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident set size.",
-    );
-    let _ = writeln!(
-        out,
-        "process_resident_memory_bytes {}",
-        procfs::rss_bytes("self").unwrap_or(0)
-    );
-    header(out, "process_open_fds", "gauge", "Open file descriptors.");
-    let _ = writeln!(
-        out,
-        "process_open_fds {}",
-        procfs::open_fds("self").unwrap_or(0)
-    );
-    header(
-        out,
-        "process_cpu_seconds_total",
-        "counter",
-        "User and system CPU time.",
-    );
-    let _ = writeln!(
-        out,
-        "process_cpu_seconds_total {}",
-        procfs::cpu_seconds("self").unwrap_or(0.0)
-    );
+    let figures: [(&str, &str, &str, f64); 3] = [
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident set size.",
+            procfs::rss_bytes("self").unwrap_or(0) as f64,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors.",
+            procfs::open_fds("self").unwrap_or(0) as f64,
+        ),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time.",
+            procfs::cpu_seconds("self").unwrap_or(0.0),
+        ),
+    ];
+    for (name, kind, help, value) in figures {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
 }
 
 #[cfg(test)]

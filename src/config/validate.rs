@@ -139,20 +139,15 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         }
     };
     let port = p.in_range("listen.port", raw.listen.port.0, 0, u16::MAX.into(), "");
-    let cert_chain = check_pem_file(
-        &mut p,
-        "listen.tls.cert",
-        &raw.listen.tls.cert,
-        base_dir,
-        PemKind::Certificate,
-    );
-    let private_key = check_pem_file(
-        &mut p,
-        "listen.tls.key",
-        &raw.listen.tls.key,
-        base_dir,
-        PemKind::PrivateKey,
-    );
+    let [cert_chain, private_key] = [
+        (
+            "listen.tls.cert",
+            &raw.listen.tls.cert,
+            PemKind::Certificate,
+        ),
+        ("listen.tls.key", &raw.listen.tls.key, PemKind::PrivateKey),
+    ]
+    .map(|(key, path, kind)| check_pem_file(&mut p, key, path, base_dir, kind));
     let tls = match (&cert_chain, &private_key) {
         (Some(cert), Some(key)) => load_identity(&mut p, cert, key),
         _ => None,

@@ -341,6 +341,13 @@ fn validate(options: &LoadOptions) -> Result<(), LoadError> {
     Ok(())
 }
 
+fn latency_line(l: &Percentiles) -> String {
+    format!(
+        "latency (us)  p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    )
+}
+
 /// The human-readable summary printed by `spooky-bench load`.
 pub fn table(report: &LoadReport) -> String {
     let mut out = String::new();
@@ -358,30 +365,26 @@ pub fn table(report: &LoadReport) -> String {
     );
     let _ = writeln!(out, "elapsed       {:.2} s", report.elapsed_seconds);
     if o.handshake_only {
-        let h = &report.handshake_latency_us;
         let _ = writeln!(
             out,
-            "handshakes    {} ({:.0}/s)\nlatency (us)  p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
-            report.handshakes, report.handshakes_per_second, h.p50, h.p90, h.p99, h.p999, h.max
+            "handshakes    {} ({:.0}/s)\n{}",
+            report.handshakes,
+            report.handshakes_per_second,
+            latency_line(&report.handshake_latency_us)
         );
     } else if o.idle_hold.is_some() {
         let _ = writeln!(out, "established   {}", report.connections_established);
     } else {
-        let l = &report.latency_us;
         let _ = writeln!(
             out,
-            "requests      {} ({:.0}/s{})\nlatency (us)  p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  mean {:.0}",
+            "requests      {} ({:.0}/s{})\n{}  mean {:.0}",
             report.requests_completed,
             report.requests_per_second,
             report
                 .offered_rate
                 .map_or(String::new(), |r| format!(", offered {r:.0}/s")),
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max,
-            l.mean
+            latency_line(&report.latency_us),
+            report.latency_us.mean
         );
         let _ = writeln!(
             out,
