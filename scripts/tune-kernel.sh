@@ -41,6 +41,10 @@ revert=0
 
 while (($#)); do
   case "$1" in
+    -h | --help)
+      usage
+      exit 0
+      ;;
     --dry-run) dry_run=1 ;;
     --persist) persist=1 ;;
     --revert) revert=1 ;;
@@ -49,14 +53,7 @@ while (($#)); do
       file="$2"
       shift
       ;;
-    -h | --help)
-      usage
-      exit 0
-      ;;
-    *)
-      usage >&2
-      die "unknown argument: $1"
-      ;;
+    *) die "unknown argument: $1 (see --help)" ;;
   esac
   shift
 done

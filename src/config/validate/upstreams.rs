@@ -112,30 +112,25 @@ pub(super) fn check_upstreams(
 
         let mut timeouts = UpstreamTimeouts::default();
         if let Some(t) = &up.timeouts {
-            if let Some(Int(ms)) = t.connect_ms {
-                let key = format!("{base}.timeouts.connect_ms");
-                if let Some(ms) = p.in_range(&key, ms, 1, i64::MAX, " ms") {
-                    timeouts.connect = Duration::from_millis(ms as u64);
-                }
+            // Each limit in milliseconds, at least `min`; `None` when absent or rejected.
+            let mut millis = |name: &str, value: Option<Int>, min: i64| {
+                let Int(ms) = value?;
+                let key = format!("{base}.timeouts.{name}");
+                p.in_range(&key, ms, min, i64::MAX, " ms")
+                    .map(|ms| Duration::from_millis(ms as u64))
+            };
+            if let Some(limit) = millis("connect_ms", t.connect_ms, 1) {
+                timeouts.connect = limit;
             }
-            if let Some(Int(ms)) = t.response_headers_ms {
-                let key = format!("{base}.timeouts.response_headers_ms");
-                if let Some(ms) = p.in_range(&key, ms, 1, i64::MAX, " ms") {
-                    timeouts.response_headers = Duration::from_millis(ms as u64);
-                }
+            if let Some(limit) = millis("response_headers_ms", t.response_headers_ms, 1) {
+                timeouts.response_headers = limit;
             }
-            if let Some(Int(ms)) = t.body_idle_ms {
-                let key = format!("{base}.timeouts.body_idle_ms");
-                if let Some(ms) = p.in_range(&key, ms, 1, i64::MAX, " ms") {
-                    timeouts.body_idle = Duration::from_millis(ms as u64);
-                }
+            if let Some(limit) = millis("body_idle_ms", t.body_idle_ms, 1) {
+                timeouts.body_idle = limit;
             }
-            if let Some(Int(ms)) = t.total_ms {
-                // 0 spells "no limit", as in Envoy's route timeout.
-                let key = format!("{base}.timeouts.total_ms");
-                if let Some(ms) = p.in_range(&key, ms, 0, i64::MAX, " ms") {
-                    timeouts.total = (ms > 0).then(|| Duration::from_millis(ms as u64));
-                }
+            // 0 spells "no limit", as in Envoy's route timeout.
+            if let Some(limit) = millis("total_ms", t.total_ms, 0) {
+                timeouts.total = (!limit.is_zero()).then_some(limit);
             }
         }
 

@@ -58,8 +58,8 @@ fn load_byte(dst: u8, src: u8, off: i16) -> Insn {
 fn store_word(dst: u8, off: i16, src: u8) -> Insn {
     insn(0x63, dst, src, off, 0)
 }
-fn call(helper: i32) -> Insn {
-    insn(0x85, 0, 0, 0, helper)
+fn call(helper: Helper) -> Insn {
+    insn(0x85, 0, 0, 0, helper as i32)
 }
 fn exit() -> Insn {
     insn(0x95, 0, 0, 0, 0)
@@ -73,7 +73,7 @@ fn map_fd_load(dst: u8, fd: RawFd) -> [Insn; 2] {
 enum Step {
     Op(Insn),
     Jump {
-        code: u8,
+        cond: Cond,
         reg: u8,
         imm: i32,
         to: Label,
@@ -88,12 +88,26 @@ enum Label {
     Select,
 }
 
-const HELPER_SKB_LOAD_BYTES: i32 = 26;
-const HELPER_SK_SELECT_REUSEPORT: i32 = 82;
-const JA: u8 = 0x05;
-const JEQ_IMM: u8 = 0x15;
-const JNE_IMM: u8 = 0x55;
-const JLT_IMM: u8 = 0xa5;
+/// A jump to `to` when `reg` compares to `imm` as `cond` says.
+fn jump(cond: Cond, reg: u8, imm: i32, to: Label) -> Step {
+    Step::Jump { cond, reg, imm, to }
+}
+
+/// Kernel helper functions the program calls (`enum bpf_func_id`).
+#[derive(Clone, Copy)]
+enum Helper {
+    SkbLoadBytes = 26,
+    SkSelectReuseport = 82,
+}
+
+/// Jump opcodes: `BPF_JMP` with the condition, comparing a register with an immediate.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cond {
+    Always = 0x05,
+    Equal = 0x15,
+    NotEqual = 0x55,
+    Below = 0xa5,
+}
 /// The UDP header precedes the QUIC packet in the program's view of the datagram.
 const UDP_HEADER_LEN: i32 = 8;
 const SK_PASS: i32 = 1;
@@ -113,39 +127,19 @@ pub fn program(map_fd: RawFd) -> Vec<Insn> {
         Step::Op(mov_reg(R3, FP)),
         Step::Op(add_imm(R3, -8)),
         Step::Op(mov_imm(R4, 8)),
-        Step::Op(call(HELPER_SKB_LOAD_BYTES)),
-        Step::Jump {
-            code: JNE_IMM,
-            reg: R0,
-            imm: 0,
-            to: Pass,
-        },
+        Step::Op(call(Helper::SkbLoadBytes)),
+        jump(Cond::NotEqual, R0, 0, Pass),
         Step::Op(load_byte(R2, FP, -8)),
         Step::Op(and_imm(R2, 0x80)),
-        Step::Jump {
-            code: JEQ_IMM,
-            reg: R2,
-            imm: 0,
-            to: ShortHeader,
-        },
+        jump(Cond::Equal, R2, 0, ShortHeader),
         // Long header: destination ID length, then the ID.
         Step::Op(load_byte(R4, FP, -3)),
-        Step::Jump {
-            code: JLT_IMM,
-            reg: R4,
-            imm: 2,
-            to: Pass,
-        },
+        jump(Cond::Below, R4, 2, Pass),
         Step::Op(load_byte(R5, FP, -2)),
         Step::Op(lsh_imm(R5, 8)),
         Step::Op(load_byte(R7, FP, -1)),
         Step::Op(or_reg(R5, R7)),
-        Step::Jump {
-            code: JA,
-            reg: 0,
-            imm: 0,
-            to: Select,
-        },
+        jump(Cond::Always, 0, 0, Select),
         Step::Here(ShortHeader),
         Step::Op(load_byte(R5, FP, -7)),
         Step::Op(lsh_imm(R5, 8)),
@@ -162,7 +156,7 @@ pub fn program(map_fd: RawFd) -> Vec<Insn> {
         Step::Op(mov_reg(R3, FP)),
         Step::Op(add_imm(R3, -16)),
         Step::Op(mov_imm(R4, 0)),
-        Step::Op(call(HELPER_SK_SELECT_REUSEPORT)),
+        Step::Op(call(Helper::SkSelectReuseport)),
         Step::Here(Pass),
         Step::Op(mov_imm(R0, SK_PASS)),
         Step::Op(exit()),
@@ -190,9 +184,9 @@ fn assemble(steps: &[Step]) -> Vec<Insn> {
     for step in steps {
         match step {
             Step::Op(op) => out.push(*op),
-            Step::Jump { code, reg, imm, to } => {
+            Step::Jump { cond, reg, imm, to } => {
                 let next = out.len() as i16 + 1;
-                out.push(insn(*code, *reg, 0, position(*to) - next, *imm));
+                out.push(insn(*cond as u8, *reg, 0, position(*to) - next, *imm));
             }
             Step::Here(_) => {}
         }
@@ -213,7 +207,11 @@ mod tests {
         let p = program(7);
         // Every conditional jump and the unconditional one resolve inside the program.
         let jumps: Vec<usize> = (0..p.len())
-            .filter(|&i| matches!(p[i].code, JA | JEQ_IMM | JNE_IMM | JLT_IMM))
+            .filter(|&i| {
+                [Cond::Always, Cond::Equal, Cond::NotEqual, Cond::Below]
+                    .iter()
+                    .any(|c| p[i].code == *c as u8)
+            })
             .collect();
         assert_eq!(jumps.len(), 4);
         let pass = p.len() - 2;
