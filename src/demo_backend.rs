@@ -8,8 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use glommio::net::TcpListener;
-use shards::rt;
+use shards::rt::{self, TcpListener, TcpStream};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 /// Starts the demo backend on `listen` (port 0 picks one) and returns the bound address.
@@ -45,7 +44,7 @@ async fn serve(listener: TcpListener) {
     }
 }
 
-async fn connection(stream: glommio::net::TcpStream) {
+async fn connection(stream: TcpStream) {
     let mut h2 = match h2::server::handshake(stream.compat()).await {
         Ok(connection) => connection,
         Err(e) => {

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::UdpSocket as StdUdpSocket;
 use std::time::Duration;
 
-pub use glommio::net::{TcpStream, UdpSocket};
+pub use glommio::net::{TcpListener, TcpStream, UdpSocket};
 pub use notify::Notify;
 
 /// Memory glommio registers for io_uring buffers per shard. Kept small: the default asks for more
