@@ -219,12 +219,6 @@ impl From<io::Error> for SendError {
     }
 }
 
-impl SendError {
-    pub fn would_block(&self) -> bool {
-        self.0.kind() == io::ErrorKind::WouldBlock
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
