@@ -24,6 +24,7 @@
 
 pub mod balance;
 pub mod control;
+pub mod h2;
 pub mod h3;
 pub mod http;
 pub mod net;

@@ -22,6 +22,8 @@ pub struct TlsIdentity {
 struct Parsed {
     chain: Vec<X509>,
     key: PKey<Private>,
+    /// The same pair for rustls, which serves the TCP listener.
+    certified: Arc<rustls::sign::CertifiedKey>,
     cert_path: PathBuf,
     key_path: PathBuf,
 }
@@ -47,6 +49,8 @@ pub enum TlsError {
         #[source]
         source: boring::error::ErrorStack,
     },
+    #[error("{path}: TLS over TCP cannot use this certificate or key: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
     #[error("the private key in {key} does not belong to the certificate in {cert}")]
     Mismatch { cert: PathBuf, key: PathBuf },
 }
@@ -91,10 +95,12 @@ impl TlsIdentity {
                 key: key_path.to_path_buf(),
             });
         }
+        let certified = Arc::new(certified_key(chain_pem, key_pem, cert_path, key_path)?);
         Ok(TlsIdentity {
             inner: Arc::new(Parsed {
                 chain,
                 key,
+                certified,
                 cert_path: cert_path.to_path_buf(),
                 key_path: key_path.to_path_buf(),
             }),
@@ -110,6 +116,11 @@ impl TlsIdentity {
         &self.inner.key
     }
 
+    /// The chain and signing key as rustls takes them.
+    pub fn certified_key(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.inner.certified.clone()
+    }
+
     /// Where the certificate chain was read from.
     pub fn cert_path(&self) -> &Path {
         &self.inner.cert_path
@@ -117,6 +128,60 @@ impl TlsIdentity {
 
     pub fn key_path(&self) -> &Path {
         &self.inner.key_path
+    }
+}
+
+/// Parses the pair again for rustls; BoringSSL has already checked that they belong together.
+fn certified_key(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let unsupported = |path: &Path, reason: String| TlsError::Unsupported {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unsupported(cert_path, e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| unsupported(key_path, e.to_string()))?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| unsupported(key_path, e.to_string()))?;
+    Ok(rustls::sign::CertifiedKey::new(chain, signing_key))
+}
+
+/// The ALPN protocols the TCP listener offers (RFC 7301).
+pub const TCP_ALPN: [&[u8]; 1] = [b"h2"];
+
+/// The rustls server configuration of the TCP listener: TLS 1.2 and 1.3 with the ring
+/// provider, ALPN [`TCP_ALPN`], serving `identity`. Each shard builds its own, so the session
+/// cache inside it is never shared between cores.
+pub fn tcp_server_config(
+    identity: &TlsIdentity,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(FixedCertificate(identity.certified_key())));
+    config.alpn_protocols = TCP_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Serves one certificate to every client, with or without SNI.
+#[derive(Debug)]
+struct FixedCertificate(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for FixedCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
     }
 }
 

@@ -347,6 +347,7 @@ fn load_identity(p: &mut Problems, cert: &Path, key: &Path) -> Option<TlsIdentit
             let at = match e {
                 TlsError::Certificate { .. } => "listen.tls.cert",
                 TlsError::Read { ref path, .. } if path == cert => "listen.tls.cert",
+                TlsError::Unsupported { ref path, .. } if path == cert => "listen.tls.cert",
                 _ => "listen.tls.key",
             };
             p.push(at, e.to_string());

@@ -85,6 +85,13 @@ impl Shard {
                 );
             }
         }
+        match crate::tls::tcp_server_config(&plan.tls) {
+            Ok(config) => *self.tcp_tls.borrow_mut() = config,
+            Err(e) => log::error!(
+                "shard {}: reload kept the old TLS settings for TCP: {e}",
+                self.index
+            ),
+        }
         self.proxy.access_log.set(plan.access_log);
         let previous = self.upstreams.borrow().clone();
         let next = Upstreams::new(plan, self.index, &self.stats, Some(&previous));

@@ -9,6 +9,7 @@
 
 mod control;
 mod tasks;
+mod tcp;
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -35,6 +36,10 @@ use crate::upstream::Upstreams;
 
 pub use control::CONTROL_TICK;
 
+/// How long a browser may remember that we serve HTTP/3 (`ma`, RFC 7838 §3): a day, as
+/// nginx's and Caddy's examples use.
+const ALT_SVC_MAX_AGE: u32 = 86_400;
+
 /// Everything a shard needs to start.
 pub struct ShardSpec {
     pub index: usize,
@@ -57,6 +62,8 @@ pub enum ShardError {
     Executor(#[source] rt::ExecutorError),
     #[error("TLS setup: {0}")]
     Tls(#[from] ConfigError),
+    #[error("TLS setup for TCP: {0}")]
+    TcpTls(#[from] rustls::Error),
     #[error("socket: {0}")]
     Socket(#[from] io::Error),
 }
@@ -106,6 +113,12 @@ struct Shard {
     inboxes: Inboxes,
     inbox: UdpSocket,
     handoff_buf: RefCell<Box<[u8]>>,
+    /// The TCP listener's TLS settings, replaced on reload for new handshakes.
+    tcp_tls: RefCell<Arc<rustls::ServerConfig>>,
+    /// `Alt-Svc` on every TCP response, pointing at our HTTP/3 port.
+    alt_svc: Option<http::HeaderValue>,
+    /// Flow-control windows and stream limits, which HTTP/2 clients get as well.
+    quic_settings: crate::plan::QuicSettings,
 }
 
 async fn run(spec: ShardSpec) -> Result<(), ShardError> {
@@ -129,6 +142,16 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
     let wait_socket = rt::udp_socket(socket);
     let sync_inbox = inbox.try_clone()?;
     let wait_inbox = rt::udp_socket(inbox);
+    let local_addr = sync_socket.local_addr()?;
+    // glommio binds with SO_REUSEPORT: every shard's listener shares the port, and the kernel
+    // spreads new connections between them.
+    let tcp_listener = rt::tcp_listener(local_addr)?;
+    let tcp_tls = crate::tls::tcp_server_config(&plan.tls)?;
+    let alt_svc = http::HeaderValue::from_str(&format!(
+        "h3=\":{}\"; ma={ALT_SVC_MAX_AGE}",
+        local_addr.port()
+    ))
+    .ok();
     let steering_key = cpu as u16;
     let endpoint = Endpoint::new(
         config,
@@ -156,6 +179,9 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
         inboxes,
         inbox: sync_inbox,
         handoff_buf: RefCell::new(vec![0; udp::MAX_BATCH_BYTES].into_boxed_slice()),
+        tcp_tls: RefCell::new(tcp_tls),
+        alt_svc,
+        quic_settings: plan.quic.clone(),
     });
     stats.thread_id.set(crate::sys::thread_id());
     stats.running.set(1);
@@ -169,6 +195,7 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
     rt::spawn(tasks::flusher(shard.clone()));
     rt::spawn(tasks::inbox_loop(shard.clone(), wait_inbox));
     rt::spawn(tasks::timers(shard.clone()));
+    rt::spawn(tcp::accept_loop(shard.clone(), tcp_listener));
     // The receive loop must be a task of its own (see `crate::rt`): when it shared a task with
     // the 10 ms control tick, every tick re-polled the pending read, and on an idle socket the
     // task's 16-bit waker reference count overflowed after 32,767 ticks (5.5 minutes).
