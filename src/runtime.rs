@@ -52,7 +52,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Bind { address, source } => {
-                write!(f, "cannot bind UDP {address}: {source}")
+                write!(f, "cannot bind UDP and TCP {address}: {source}")
             }
             StartError::Tls(source) => write!(f, "{source}"),
             StartError::Shard { index, source } => write!(f, "shard {index}: {source}"),
@@ -98,14 +98,16 @@ pub struct RunningProxy {
     steering: Option<Steering>,
     /// Wakes shards that stall; stopped before the shards are joined.
     watchdog: Option<Watchdog>,
+    /// Keeps the TCP port ours while the shards' listeners come and go.
+    _tcp_reservation: socket2::Socket,
 }
 
 impl RunningProxy {
     pub fn start(settings: ProxySettings) -> Result<Self, StartError> {
         // Validate TLS material once, here, so a bad file fails startup instead of every shard.
         shards::quic::config::quic_config(&settings.plan).map_err(StartError::Tls)?;
-        let sockets =
-            shards::net::reuseport::bind_reuseport_group(settings.listen, settings.cores.len())
+        let (sockets, tcp_reservation) =
+            shards::net::reuseport::bind_udp_and_tcp(settings.listen, settings.cores.len())
                 .map_err(|source| StartError::Bind {
                     address: settings.listen,
                     source,
@@ -172,6 +174,7 @@ impl RunningProxy {
             plan: settings.plan,
             steering,
             watchdog: Some(watchdog),
+            _tcp_reservation: tcp_reservation,
         })
     }
 

@@ -26,6 +26,37 @@ pub fn bind_reuseport_group(addr: SocketAddr, count: usize) -> io::Result<Vec<Ud
     Ok(sockets)
 }
 
+/// Holds `addr`'s TCP port for this process: a bound, not listening, `SO_REUSEPORT` socket, so the
+/// shards' TCP listeners can bind beside it while no other program takes the port. A port of 0
+/// chosen by the kernel for UDP may already be in use on TCP; the caller then picks another.
+pub fn reserve_tcp(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// How many kernel-chosen ports to try before giving up on one free for both UDP and TCP.
+const PORT_ATTEMPTS: usize = 32;
+
+/// [`bind_reuseport_group`], plus the TCP reservation of the same port ([`reserve_tcp`]).
+pub fn bind_udp_and_tcp(addr: SocketAddr, count: usize) -> io::Result<(Vec<UdpSocket>, Socket)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sockets = bind_reuseport_group(addr, count)?;
+        let resolved = sockets[0].local_addr()?;
+        match reserve_tcp(resolved) {
+            Ok(tcp) => return Ok((sockets, tcp)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == io::ErrorKind::AddrInUse
+                    && attempt < PORT_ATTEMPTS => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
