@@ -39,8 +39,12 @@ mod tests {
     use super::*;
     use crate::http::{translate_request, ClientInfo};
 
-    fn parts(request: http::Request<()>) -> http::request::Parts {
-        request.into_parts().0
+    fn translated(request: http::Request<()>) -> crate::http::RequestHead {
+        let parts = request.into_parts().0;
+        let client = ClientInfo {
+            ip: "192.0.2.9".parse().unwrap(),
+        };
+        translate_request(request_fields(&parts), client).unwrap()
     }
 
     #[test]
@@ -53,11 +57,7 @@ mod tests {
             .header("content-length", "3")
             .body(())
             .unwrap();
-        let parts = parts(request);
-        let client = ClientInfo {
-            ip: "192.0.2.9".parse().unwrap(),
-        };
-        let head = translate_request(request_fields(&parts), client).unwrap();
+        let head = translated(request);
         assert_eq!(head.method, http::Method::POST);
         assert_eq!(head.uri.to_string(), "https://example.com/a?b=c");
         assert_eq!(head.headers["cookie"], "a=1; b=2");
@@ -73,11 +73,7 @@ mod tests {
             .header("host", "example.net")
             .body(())
             .unwrap();
-        let parts = parts(request);
-        let client = ClientInfo {
-            ip: "192.0.2.9".parse().unwrap(),
-        };
-        let head = translate_request(request_fields(&parts), client).unwrap();
+        let head = translated(request);
         assert_eq!(head.uri.to_string(), "https://example.net/x");
     }
 }

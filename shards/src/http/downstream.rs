@@ -1,8 +1,8 @@
 //! What the proxy needs from a client's request stream, whatever protocol carries it.
 //!
-//! HTTP/3 implements it today ([`crate::h3::stream`]); an HTTP/2 or HTTP/1.1 listener plugs in as
-//! another implementation without touching [`crate::proxy`]. Methods take `&self` because a
-//! request's upload and download run concurrently against the same stream.
+//! HTTP/3 ([`crate::h3::stream`]) and HTTP/2 on the TCP listener ([`crate::h2::stream`]) implement
+//! it; another protocol plugs in the same way without touching [`crate::proxy`]. Methods take
+//! `&self` because a request's upload and download run concurrently against the same stream.
 
 use std::net::SocketAddr;
 

@@ -90,13 +90,13 @@ pub async fn yield_now() {
     glommio::executor().yield_now().await;
 }
 
-/// A runtime UDP socket over `socket`'s descriptor, for waiting until datagrams arrive.
 /// A TCP listener on `addr` with `SO_REUSEPORT` (glommio sets it), so that every shard binds
 /// its own on the port the UDP sockets share.
 pub fn tcp_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(std::io::Error::from)
 }
 
+/// A runtime UDP socket over `socket`'s descriptor, for waiting until datagrams arrive.
 pub fn udp_socket(socket: StdUdpSocket) -> UdpSocket {
     UdpSocket::from(socket2_glommio::Socket::from(socket))
 }
