@@ -376,3 +376,93 @@ fn json_logs_carry_one_access_line_per_request() {
         );
     }
 }
+
+#[test]
+fn sigterm_drains_tcp_clients_with_goaway_and_connection_close() {
+    use common::tcp::{connect_h2, connect_http1, h2_exchange, http1_exchange, runtime, Upload};
+    let backend = start_backend("drain-tcp");
+    let mut process = SpookyProcess::start(
+        "drain-tcp",
+        free_udp_port(),
+        &format!(
+            "[runtime]\ndrain_timeout_ms = 20000\n\n{}",
+            pool("main", "/", &[&backend], "")
+        ),
+    );
+    // Live comes before the shards have bound their listeners; ready after.
+    assert!(eventually(Duration::from_secs(10), || http_get(
+        process.admin,
+        "/health/ready"
+    )
+    .is_ok_and(|(status, _)| status == 200)));
+    let (addr, ca) = (process.listen, process.ca.clone());
+    let rt = runtime();
+    let (h2_requests, h1_request, idle) = rt.block_on(async {
+        let h2 = connect_h2(addr, &ca).await;
+        let mut h1 = connect_http1(addr, &ca).await;
+        let idle = connect_http1(addr, &ca).await;
+        let h2_requests: Vec<_> = (0..20)
+            .map(|_| {
+                let h2 = h2.clone();
+                tokio::spawn(async move { h2_exchange(&h2, "GET", "/delay/1500", None).await })
+            })
+            .collect();
+        let h1_request = tokio::spawn(async move {
+            let request = http::Request::get("/delay/1500").header("host", "localhost");
+            http1_exchange(&mut h1, request, Upload::None).await
+        });
+        (h2_requests, h1_request, idle)
+    });
+    let in_flight = || {
+        // Lets the client tasks run while the test thread polls the backend.
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(10)).await });
+        backend.stats().in_flight == 21
+    };
+    assert!(
+        eventually(Duration::from_secs(10), in_flight),
+        "{:?}",
+        backend.stats()
+    );
+    let signalled = Instant::now();
+    process.signal(libc::SIGTERM);
+    rt.block_on(async {
+        // The listener closes: new TCP connections are refused.
+        let refused = async {
+            while tokio::net::TcpStream::connect(addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), refused)
+            .await
+            .expect("new TCP connections refused while draining");
+        // The idle HTTP/1.1 connection is closed at once.
+        let closed = async {
+            while !idle.is_closed() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .expect("idle HTTP/1.1 connection closed while draining");
+        for request in h2_requests {
+            let response = request.await.unwrap();
+            assert_eq!(response.status, 200);
+            assert_eq!(response.body_start, b"ok");
+        }
+        let response = h1_request.await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body_start, b"ok");
+        assert_eq!(response.headers["connection"], "close");
+    });
+    assert_eq!(
+        process.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        process.log_text()
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "exit waited for the drain timeout: {}",
+        process.log_text()
+    );
+}

@@ -1,123 +1,17 @@
-//! The TCP+TLS listener beside QUIC: a real HTTP/2 client over TLS (rustls, ALPN `h2`) through
-//! the real proxy to a real HTTP/2 backend, on 127.0.0.1 with ephemeral ports.
+//! The TCP+TLS listener beside QUIC: real HTTP/2 and HTTP/1.1 clients over TLS (rustls, by
+//! ALPN) through the real proxy to a real HTTP/2 backend, on 127.0.0.1 with ephemeral ports.
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
+use common::tcp::{
+    connect_h2, connect_http1, connect_tls, h2_exchange, http1_exchange, runtime, Upload,
+};
 use common::{sha256, start_backend, Proxy};
-use http::{HeaderMap, Request};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use spooky_bench::backend::{pattern_byte, pattern_sha256};
+use spooky_bench::backend::pattern_sha256;
 use spooky_bench::client::Request as H3Request;
-
-/// One response as the client saw it.
-struct Received {
-    status: u16,
-    headers: HeaderMap,
-    body_len: u64,
-    body_sha256: [u8; 32],
-    trailers: Option<HeaderMap>,
-}
-
-type H2Sender = h2::client::SendRequest<Bytes>;
-
-/// Connects over TCP+TLS to `addr`, trusting only `ca`, and completes the HTTP/2 handshake.
-async fn connect(addr: SocketAddr, ca: &Path) -> H2Sender {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("TLS handshake with the proxy");
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (sender, connection) = h2::client::Builder::new()
-        .initial_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .handshake(tls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    sender
-}
-
-/// Sends `method path` with `upload` bytes of the test pattern (if any) and reads the response.
-async fn exchange(sender: &H2Sender, method: &str, path: &str, upload: Option<u64>) -> Received {
-    let mut sender = sender.clone().ready().await.unwrap();
-    let request = Request::builder()
-        .method(method)
-        .uri(format!("https://localhost{path}"))
-        .body(())
-        .unwrap();
-    let (response, mut send) = sender.send_request(request, upload.is_none()).unwrap();
-    // The upload runs beside the response: /echo streams the body back as it arrives, so a
-    // client that read only after sending everything would stall on its own receive window.
-    let uploader = upload.map(|size| {
-        tokio::spawn(async move {
-            let mut sent = 0u64;
-            while sent < size {
-                let n = (size - sent).min(64 * 1024);
-                let chunk: Vec<u8> = (sent..sent + n).map(pattern_byte).collect();
-                send.reserve_capacity(n as usize);
-                let mut granted = 0;
-                while granted < n as usize {
-                    granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
-                        .await
-                        .unwrap()
-                        .unwrap();
-                }
-                send.send_data(Bytes::from(chunk), sent + n == size)
-                    .unwrap();
-                sent += n;
-            }
-        })
-    });
-    let response = response.await.unwrap();
-    let status = response.status().as_u16();
-    let (parts, mut body) = response.into_parts();
-    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-    let mut body_len = 0u64;
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        body_len += chunk.len() as u64;
-        sha2::Digest::update(&mut hasher, &chunk);
-        body.flow_control().release_capacity(chunk.len()).unwrap();
-    }
-    let trailers = body.trailers().await.unwrap();
-    if let Some(uploader) = uploader {
-        uploader.await.unwrap();
-    }
-    Received {
-        status,
-        headers: parts.headers,
-        body_len,
-        body_sha256: sha2::Digest::finalize(hasher).into(),
-        trailers,
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[test]
 fn http2_over_tls_is_proxied_with_alt_svc_pointing_at_http3() {
@@ -126,9 +20,9 @@ fn http2_over_tls_is_proxied_with_alt_svc_pointing_at_http3() {
     let addr = proxy.running.local_addr();
     let expected_alt_svc = format!("h3=\":{}\"; ma=86400", addr.port());
     runtime().block_on(async {
-        let sender = connect(addr, &proxy.certs.ca).await;
+        let sender = connect_h2(addr, &proxy.certs.ca).await;
 
-        let small = exchange(&sender, "GET", "/bytes/1000", None).await;
+        let small = h2_exchange(&sender, "GET", "/bytes/1000", None).await;
         assert_eq!(small.status, 200);
         assert_eq!(small.body_len, 1000);
         assert_eq!(small.body_sha256, pattern_sha256(1000));
@@ -136,12 +30,12 @@ fn http2_over_tls_is_proxied_with_alt_svc_pointing_at_http3() {
         assert_eq!(small.headers["alt-svc"], expected_alt_svc.as_str());
 
         let size: u64 = 100 * 1024 * 1024;
-        let large = exchange(&sender, "GET", &format!("/bytes/{size}"), None).await;
+        let large = h2_exchange(&sender, "GET", &format!("/bytes/{size}"), None).await;
         assert_eq!((large.status, large.body_len), (200, size));
         assert_eq!(large.body_sha256, pattern_sha256(size));
 
         let size: u64 = 50 * 1024 * 1024;
-        let echoed = exchange(&sender, "POST", "/echo", Some(size)).await;
+        let echoed = h2_exchange(&sender, "POST", "/echo", Some(size)).await;
         assert_eq!(echoed.status, 200);
         assert_eq!(echoed.headers["x-echo-method"], "POST");
         assert_eq!(
@@ -149,13 +43,13 @@ fn http2_over_tls_is_proxied_with_alt_svc_pointing_at_http3() {
             (size, pattern_sha256(size))
         );
 
-        let trailers = exchange(&sender, "GET", "/trailers", None).await;
+        let trailers = h2_exchange(&sender, "GET", "/trailers", None).await;
         assert_eq!(trailers.body_sha256, sha256(b"hello"));
         let trailers = trailers.trailers.expect("response trailers");
         assert_eq!(trailers["x-trailer-one"], "1");
         assert_eq!(trailers["x-checksum"], "abc");
 
-        let missing = exchange(&sender, "GET", "/nowhere-routed-differently", None).await;
+        let missing = h2_exchange(&sender, "GET", "/nowhere-routed-differently", None).await;
         assert_eq!(missing.headers["alt-svc"], expected_alt_svc.as_str());
 
         // 100 streams at once on the one connection, each with its own body size.
@@ -163,7 +57,7 @@ fn http2_over_tls_is_proxied_with_alt_svc_pointing_at_http3() {
             let sender = sender.clone();
             async move {
                 let size = 2000 + i * 31;
-                let got = exchange(&sender, "GET", &format!("/bytes/{size}"), None).await;
+                let got = h2_exchange(&sender, "GET", &format!("/bytes/{size}"), None).await;
                 (
                     got.status,
                     got.body_len,
@@ -185,4 +79,304 @@ fn http2_over_tls_is_proxied_with_alt_svc_pointing_at_http3() {
         .expect("HTTP/3 request");
     assert_eq!(response.status, 200);
     assert_eq!(response.header("alt-svc"), None);
+}
+
+#[test]
+fn http1_over_tls_keeps_alive_streams_both_ways_and_strips_hop_by_hop_fields() {
+    let backend = start_backend("tcp-h1");
+    let proxy = Proxy::single_pool("tcp-h1", &[&backend], "");
+    let addr = proxy.running.local_addr();
+    let expected_alt_svc = format!("h3=\":{}\"; ma=86400", addr.port());
+    runtime().block_on(async {
+        // Every exchange below runs on this one connection: hyper's sender is bound to it, and
+        // fails if the proxy closed it.
+        let mut sender = connect_http1(addr, &proxy.certs.ca).await;
+        let get = |path: &str| http::Request::get(path.to_string()).header("host", "localhost");
+
+        let small = http1_exchange(&mut sender, get("/bytes/1000"), Upload::None).await;
+        assert_eq!(small.status, 200);
+        assert_eq!(small.body_len, 1000);
+        assert_eq!(small.body_sha256, pattern_sha256(1000));
+        assert_eq!(small.headers["x-backend"], "tcp-h1");
+        assert_eq!(small.headers["content-length"], "1000");
+        assert_eq!(small.headers["alt-svc"], expected_alt_svc.as_str());
+
+        let size: u64 = 100 * 1024 * 1024;
+        let large = http1_exchange(&mut sender, get(&format!("/bytes/{size}")), Upload::None).await;
+        assert_eq!((large.status, large.body_len), (200, size));
+        assert_eq!(large.body_sha256, pattern_sha256(size));
+
+        let post = || http::Request::post("/echo").header("host", "localhost");
+        let size: u64 = 50 * 1024 * 1024;
+        let echoed = http1_exchange(&mut sender, post(), Upload::Sized(size)).await;
+        assert_eq!(echoed.status, 200);
+        assert_eq!(echoed.headers["x-echo-method"], "POST");
+        assert_eq!(
+            (echoed.body_len, echoed.body_sha256),
+            (size, pattern_sha256(size))
+        );
+        // The backend's response has no length, so it reaches the client chunked.
+        assert_eq!(echoed.headers["transfer-encoding"], "chunked");
+
+        let size: u64 = 5 * 1024 * 1024 + 123;
+        let chunked = http1_exchange(&mut sender, post(), Upload::Chunked(size)).await;
+        assert_eq!(chunked.status, 200);
+        assert_eq!(
+            (chunked.body_len, chunked.body_sha256),
+            (size, pattern_sha256(size))
+        );
+
+        let trailers = http1_exchange(
+            &mut sender,
+            get("/trailers").header("te", "trailers"),
+            Upload::None,
+        )
+        .await;
+        assert_eq!(trailers.body_sha256, sha256(b"hello"));
+        let trailers = trailers.trailers.expect("chunked trailers");
+        assert_eq!(trailers["x-trailer-one"], "1");
+        assert_eq!(trailers["x-checksum"], "abc");
+
+        let headers = http1_exchange(
+            &mut sender,
+            get("/headers")
+                .header("connection", "keep-alive, x-hop")
+                .header("keep-alive", "timeout=5")
+                .header("x-hop", "1")
+                .header("x-kept", "2"),
+            Upload::None,
+        )
+        .await;
+        assert_eq!(headers.status, 200);
+        let seen = String::from_utf8(headers.body_start.clone()).unwrap();
+        assert!(seen.contains(":authority: localhost\n"), "{seen}");
+        assert!(seen.contains(":scheme: https\n"), "{seen}");
+        assert!(seen.contains("x-kept: 2\n"), "{seen}");
+        assert!(seen.contains("x-forwarded-proto: https\n"), "{seen}");
+        assert!(seen.contains("x-forwarded-for: 127.0.0.1\n"), "{seen}");
+        for hop in ["x-hop", "keep-alive", "connection"] {
+            assert!(!seen.contains(&format!("\n{hop}:")), "{hop} passed: {seen}");
+        }
+
+        let two_hosts = http1_exchange(
+            &mut sender,
+            get("/bytes/10").header("host", "other.example"),
+            Upload::None,
+        )
+        .await;
+        assert_eq!(two_hosts.status, 400);
+        assert_eq!(two_hosts.headers["alt-svc"], expected_alt_svc.as_str());
+
+        let after = http1_exchange(&mut sender, get("/bytes/10"), Upload::None).await;
+        assert_eq!((after.status, after.body_len), (200, 10));
+    });
+}
+
+/// One HTTP/1.1 response read off the wire by [`read_responses`].
+struct WireResponse {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Splits `wire` into the HTTP/1.1 responses it holds (bodies by content-length or chunked),
+/// so that a test sees exactly what the proxy wrote, in order.
+fn read_responses(mut wire: &[u8]) -> Vec<WireResponse> {
+    fn line(wire: &mut &[u8]) -> String {
+        let end = wire.windows(2).position(|w| w == b"\r\n").expect("CRLF");
+        let text = String::from_utf8(wire[..end].to_vec()).unwrap();
+        *wire = &wire[end + 2..];
+        text
+    }
+    let mut responses = Vec::new();
+    while !wire.is_empty() {
+        let end = wire
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("end of head");
+        let head = String::from_utf8(wire[..end].to_vec())
+            .unwrap()
+            .to_lowercase();
+        wire = &wire[end + 4..];
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let field = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+        };
+        let mut body = Vec::new();
+        if status == 100 {
+        } else if let Some(length) = field("content-length") {
+            let length: usize = length.parse().unwrap();
+            body.extend_from_slice(&wire[..length]);
+            wire = &wire[length..];
+        } else if field("transfer-encoding").as_deref() == Some("chunked") {
+            loop {
+                let size = usize::from_str_radix(&line(&mut wire), 16).unwrap();
+                if size == 0 {
+                    while !line(&mut wire).is_empty() {}
+                    break;
+                }
+                body.extend_from_slice(&wire[..size]);
+                wire = &wire[size + 2..];
+            }
+        }
+        responses.push(WireResponse { status, head, body });
+    }
+    responses
+}
+
+#[test]
+fn http1_pipelined_requests_are_answered_in_order_and_expect_100_continue_is_honoured() {
+    let backend = start_backend("tcp-pipe");
+    let proxy = Proxy::single_pool("tcp-pipe", &[&backend], "");
+    let addr = proxy.running.local_addr();
+    runtime().block_on(async {
+        // Three requests in one write; the slowest body is asked for first.
+        let sizes = [300_000usize, 10, 2000];
+        let mut tls = connect_tls(addr, &proxy.certs.ca, &[b"http/1.1"]).await;
+        let mut pipelined = String::new();
+        for (i, size) in sizes.iter().enumerate() {
+            let close = if i == sizes.len() - 1 {
+                "connection: close\r\n"
+            } else {
+                ""
+            };
+            pipelined.push_str(&format!(
+                "GET /bytes/{size} HTTP/1.1\r\nhost: localhost\r\n{close}\r\n"
+            ));
+        }
+        tls.write_all(pipelined.as_bytes()).await.unwrap();
+        let mut wire = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut wire))
+            .await
+            .expect("responses within 30 s")
+            .unwrap();
+        let responses = read_responses(&wire);
+        assert_eq!(responses.len(), 3);
+        for (response, size) in responses.iter().zip(sizes) {
+            assert_eq!(response.status, 200, "{}", response.head);
+            assert_eq!(
+                sha256(&response.body),
+                pattern_sha256(size as u64),
+                "{}",
+                response.head
+            );
+        }
+        assert!(
+            responses[2].head.contains("\r\nconnection: close"),
+            "{}",
+            responses[2].head
+        );
+
+        // The client waits for `100 Continue` before sending its body.
+        let mut tls = connect_tls(addr, &proxy.certs.ca, &[b"http/1.1"]).await;
+        tls.write_all(
+            b"POST /echo HTTP/1.1\r\nhost: localhost\r\nexpect: 100-continue\r\n\
+              content-length: 11\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut interim = Vec::new();
+        while !interim.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut byte))
+                .await
+                .expect("100 Continue within 10 s")
+                .unwrap();
+            assert_eq!(n, 1, "closed before 100 Continue: {interim:?}");
+            interim.push(byte[0]);
+        }
+        assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        tls.write_all(b"hello world").await.unwrap();
+        let mut wire = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut wire))
+            .await
+            .expect("response within 10 s")
+            .unwrap();
+        let responses = read_responses(&wire);
+        assert_eq!(responses.len(), 1);
+        assert_eq!(responses[0].status, 200);
+        assert_eq!(responses[0].body, b"hello world");
+    });
+}
+
+#[test]
+fn a_client_without_alpn_is_served_http1() {
+    let backend = start_backend("tcp-noalpn");
+    let proxy = Proxy::single_pool("tcp-noalpn", &[&backend], "");
+    runtime().block_on(async {
+        let mut tls = connect_tls(proxy.running.local_addr(), &proxy.certs.ca, &[]).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+        tls.write_all(b"GET /bytes/5 HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut wire = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut wire))
+            .await
+            .expect("response within 10 s")
+            .unwrap();
+        let responses = read_responses(&wire);
+        assert_eq!(responses.len(), 1);
+        assert_eq!(responses[0].status, 200);
+        assert_eq!(sha256(&responses[0].body), pattern_sha256(5));
+    });
+}
+
+#[test]
+fn reload_keeps_tcp_connections_serving_under_the_new_routes() {
+    let main_backend = start_backend("tcp-reload-main");
+    let api_backend = start_backend("tcp-reload-api");
+    let mut proxy = Proxy::single_pool("tcp-reload", &[&main_backend], "");
+    let addr = proxy.running.local_addr();
+    let rt = runtime();
+    let (h2, mut h1) = rt.block_on(async {
+        let h2 = connect_h2(addr, &proxy.certs.ca).await;
+        let mut h1 = connect_http1(addr, &proxy.certs.ca).await;
+        let before = h2_exchange(&h2, "GET", "/api/x", None).await;
+        assert_eq!(before.headers["x-backend"], "tcp-reload-main");
+        let request = http::Request::get("/api/x").header("host", "localhost");
+        let before = http1_exchange(&mut h1, request, Upload::None).await;
+        assert_eq!(before.headers["x-backend"], "tcp-reload-main");
+        (h2, h1)
+    });
+    let text = format!(
+        "[listen]\naddress = \"127.0.0.1\"\nport = 0\ntls = {{ cert = {:?}, key = {:?} }}\n\n{}\n{}",
+        proxy.certs.cert_chain.display().to_string(),
+        proxy.certs.private_key.display().to_string(),
+        common::pool("main", "/", &[&main_backend], ""),
+        common::pool("api", "/api", &[&api_backend], "")
+    );
+    let path = proxy.dir.join("reloaded.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = spooky::config::load(&path).unwrap();
+    let needs_restart = proxy
+        .running
+        .reload(spooky::ProxySettings {
+            listen: config.listen_addr(),
+            cores: config.cores(),
+            plan: config.plan(),
+        })
+        .unwrap();
+    assert!(needs_restart.is_empty(), "{needs_restart:?}");
+    rt.block_on(async {
+        // The same connections, now routed by the new configuration.
+        let routed = async {
+            loop {
+                let after = h2_exchange(&h2, "GET", "/api/x", None).await;
+                if after.headers["x-backend"] == "tcp-reload-api" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), routed)
+            .await
+            .expect("reload reached the HTTP/2 connection");
+        let request = http::Request::get("/api/x").header("host", "localhost");
+        let after = http1_exchange(&mut h1, request, Upload::None).await;
+        assert_eq!(after.headers["x-backend"], "tcp-reload-api");
+        let request = http::Request::get("/bytes/10").header("host", "localhost");
+        let after = http1_exchange(&mut h1, request, Upload::None).await;
+        assert_eq!(after.headers["x-backend"], "tcp-reload-main");
+    });
 }

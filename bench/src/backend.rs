@@ -314,7 +314,14 @@ async fn handle(
             send.send_data(Bytes::from(body), true)
         }
         ("trailers", None) => {
-            let mut send = respond.send_response(response(200, context), false)?;
+            let mut head = response(200, context);
+            // Announced, as RFC 9110 §6.6.2 asks: an HTTP/1.1 hop forwards only announced
+            // trailer fields.
+            head.headers_mut().insert(
+                "trailer",
+                HeaderValue::from_static("x-trailer-one, x-checksum"),
+            );
+            let mut send = respond.send_response(head, false)?;
             send.send_data(Bytes::from_static(b"hello"), false)?;
             let mut trailers = HeaderMap::new();
             trailers.insert("x-trailer-one", HeaderValue::from_static("1"));

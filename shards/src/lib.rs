@@ -11,6 +11,7 @@
 //! - [`net`]: UDP with GRO/GSO, the `SO_REUSEPORT` group, kernel steering, hand-off between shards;
 //! - [`quic`]: connection IDs and the sans-IO endpoint (connection table, timers, spare IDs);
 //! - [`h3`]: the HTTP/3 session of each connection and the request streams on it;
+//! - [`h2`] and [`h1`]: HTTP/2 and HTTP/1.1 request streams from the TCP+TLS listener;
 //! - [`http`]: protocol-neutral request and response translation, and the
 //!   [`http::Downstream`] seam every client protocol implements;
 //! - [`proxy`]: one request's life (admit, route, select, attempt, retry, relay, log);
@@ -24,6 +25,7 @@
 
 pub mod balance;
 pub mod control;
+pub mod h1;
 pub mod h2;
 pub mod h3;
 pub mod http;

@@ -154,8 +154,8 @@ fn certified_key(
     Ok(rustls::sign::CertifiedKey::new(chain, signing_key))
 }
 
-/// The ALPN protocols the TCP listener offers (RFC 7301).
-pub const TCP_ALPN: [&[u8]; 1] = [b"h2"];
+/// The ALPN protocols the TCP listener offers (RFC 7301), HTTP/2 preferred.
+pub const TCP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The rustls server configuration of the TCP listener: TLS 1.2 and 1.3 with the ring
 /// provider, ALPN [`TCP_ALPN`], serving `identity`. Each shard builds its own, so the session

@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use super::Job;
-use crate::http::{translate_request, ClientInfo};
+use crate::http::{translate_request, ClientInfo, Malformed};
 use crate::stats::ShardStats;
 use crate::upstream::Upstreams;
 
@@ -18,11 +18,7 @@ pub fn admit<'a>(
 ) -> Job {
     let head = match translate_request(fields, client) {
         Ok(head) => head,
-        Err(malformed) => {
-            stats.malformed_requests.incr();
-            log::debug!("malformed request from {}: {malformed}", client.ip);
-            return Job::Malformed(malformed);
-        }
+        Err(malformed) => return refuse(malformed, client, stats),
     };
     let host = head.uri.authority().map_or("", |a| a.as_str());
     match upstreams
@@ -37,4 +33,12 @@ pub fn admit<'a>(
             has_body,
         },
     }
+}
+
+/// A request found malformed before its fields could be admitted (by a protocol's own rules,
+/// such as HTTP/1.1's single `Host`): counted and answered `400` like any other.
+pub fn refuse(malformed: Malformed, client: ClientInfo, stats: &ShardStats) -> Job {
+    stats.malformed_requests.incr();
+    log::debug!("malformed request from {}: {malformed}", client.ip);
+    Job::Malformed(malformed)
 }

@@ -17,6 +17,9 @@ use crate::upstream::Upstreams;
 /// How often a shard looks at its control channel.
 pub const CONTROL_TICK: Duration = Duration::from_millis(10);
 
+/// How many ticks pass between sweeps for idle TCP connections: about a second.
+const IDLE_SWEEP_TICKS: u32 = 100;
+
 /// The application close code when connections end because the shard stops (RFC 9114 §8.1).
 const CLOSE_CODE: u64 = WireErrorCode::NoError as u64;
 
@@ -25,9 +28,19 @@ pub async fn control_loop(
     control: Receiver<ControlMsg>,
 ) -> Result<(), ShardError> {
     let mut drain_deadline: Option<Instant> = None;
+    let mut ticks_to_sweep = IDLE_SWEEP_TICKS;
     loop {
         rt::sleep(CONTROL_TICK).await;
         shard.stats.heartbeat.incr();
+        ticks_to_sweep -= 1;
+        if ticks_to_sweep == 0 {
+            ticks_to_sweep = IDLE_SWEEP_TICKS;
+            // QUIC's idle timeout is the transport's own (RFC 9000 §10.1); TCP connections get
+            // the same one from here.
+            shard
+                .tcp
+                .close_idle(Instant::now(), shard.quic_settings.idle_timeout);
+        }
         loop {
             match control.try_recv() {
                 Ok(ControlMsg::BackendHealth(snapshot)) => {
@@ -35,9 +48,10 @@ pub async fn control_loop(
                 }
                 Ok(ControlMsg::Reload(plan)) => shard.reload(&plan),
                 Ok(ControlMsg::Drain { deadline }) => {
-                    log::info!("draining: no new connections, GOAWAY sent");
+                    log::info!("draining: no new connections, GOAWAY sent, TCP listener closed");
                     drain_deadline = Some(deadline);
                     shard.conns.endpoint.borrow_mut().start_drain(CLOSE_CODE);
+                    shard.tcp.start_drain();
                     shard.flush();
                 }
                 Ok(ControlMsg::Shutdown) | Err(TryRecvError::Disconnected) => {
@@ -51,14 +65,17 @@ pub async fn control_loop(
         if let Some(deadline) = drain_deadline {
             shard.conns.endpoint.borrow_mut().close_idle(CLOSE_CODE);
             shard.flush();
-            let open = shard.conns.endpoint.borrow().len();
+            let open = shard.conns.endpoint.borrow().len() + shard.tcp.len();
             if open == 0 {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 log::warn!("drain timeout: closing {open} connection(s) with requests in flight");
                 shard.conns.endpoint.borrow_mut().close_all(CLOSE_CODE);
+                shard.tcp.close_all();
                 shard.flush();
+                // Let the TCP connections' tasks run once, so that they close their sockets.
+                rt::yield_now().await;
                 return Ok(());
             }
         }

@@ -1,11 +1,12 @@
-//! A shard: one pinned executor serving its own UDP socket, driving every layer below it.
+//! A shard: one pinned executor serving its own UDP socket and TCP listener, driving every layer
+//! below it.
 //!
-//! The shard owns its QUIC endpoint, its upstreams and its counters. Its tasks share that state
+//! The shard owns its QUIC endpoint, its TCP connections, its upstreams and its counters. Its tasks share that state
 //! on one thread ([`tasks`]): the receive loop, which drains the socket into the endpoint and
 //! starts request tasks; the request tasks themselves ([`crate::proxy::serve`]); the flusher,
 //! which polls the events request tasks asked for and sends what they wrote; the inbox loop, which
-//! takes packets other shards handed off ([`crate::net::handoff`]); the timer loop; and the
-//! control loop ([`control`]), which applies the coordinator's messages once per tick.
+//! takes packets other shards handed off ([`crate::net::handoff`]); the timer loop; the TCP
+//! accept loop and a task per TCP connection ([`tcp`]); and the control loop ([`control`]), which applies the coordinator's messages once per tick.
 
 mod control;
 mod tasks;
@@ -119,6 +120,8 @@ struct Shard {
     alt_svc: Option<http::HeaderValue>,
     /// Flow-control windows and stream limits, which HTTP/2 clients get as well.
     quic_settings: crate::plan::QuicSettings,
+    /// Open TCP connections, for drain and the idle sweep.
+    tcp: Rc<tcp::TcpConnections>,
 }
 
 async fn run(spec: ShardSpec) -> Result<(), ShardError> {
@@ -182,6 +185,7 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
         tcp_tls: RefCell::new(tcp_tls),
         alt_svc,
         quic_settings: plan.quic.clone(),
+        tcp: Rc::default(),
     });
     stats.thread_id.set(crate::sys::thread_id());
     stats.running.set(1);

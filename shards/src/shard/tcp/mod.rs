@@ -1,0 +1,207 @@
+//! The shard's TCP listener: accepts connections on the same port as QUIC, completes TLS, then
+//! drives each connection as HTTP/2 (`h2`) or HTTP/1.1 (hyper), as ALPN chose, and starts a
+//! request task per request, through the same proxy path as HTTP/3 requests.
+//!
+//! Browsers open a site over TCP first and move to HTTP/3 only once a response's `Alt-Svc` told
+//! them where it is (RFC 9114 §3.1.1); clients on networks that block UDP stay on TCP.
+
+mod registry;
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_lite::future;
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_rustls::server::TlsStream;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+
+pub use registry::TcpConnections;
+use registry::{Registration, Signal};
+
+use super::Shard;
+use crate::h1::{self, H1Stream};
+use crate::h2::{request_fields, H2Stream};
+use crate::http::ClientInfo;
+use crate::proxy;
+use crate::rt;
+
+/// How long a client may take from connecting to finishing its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after a failed accept (out of descriptors, say) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+type Tls = TlsStream<Compat<rt::TcpStream>>;
+
+pub async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            shard.tcp.accepting_stopped().await;
+            None
+        })
+        .await;
+        match accepted {
+            Some(Ok(stream)) => {
+                let shard = shard.clone();
+                let registration = shard.tcp.register();
+                rt::spawn(async move { shard.serve_tcp(stream, registration).await });
+            }
+            Some(Err(e)) => {
+                log::warn!("tcp accept: {e}");
+                rt::sleep(ACCEPT_BACKOFF).await;
+            }
+            None => {
+                log::debug!("shard {}: TCP listener closed for drain", shard.index);
+                return;
+            }
+        }
+    }
+}
+
+impl Shard {
+    async fn serve_tcp(self: Rc<Self>, stream: rt::TcpStream, registration: Registration) {
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        // Responses are written whole by h2 and hyper; waiting for more to coalesce only adds
+        // latency.
+        let _ = stream.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tcp_tls.borrow().clone());
+        let tls = match rt::within(HANDSHAKE_TIMEOUT, acceptor.accept(stream.compat())).await {
+            Some(Ok(tls)) => tls,
+            Some(Err(e)) => {
+                log::debug!("tls handshake from {peer}: {e}");
+                return;
+            }
+            None => {
+                log::debug!("tls handshake from {peer}: timed out");
+                return;
+            }
+        };
+        // A client that offered no ALPN speaks HTTP/1.1 (RFC 7301 §3.2 leaves it to the server).
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.serve_h2(tls, peer, &registration).await;
+        } else {
+            self.serve_http1(tls, peer, &registration).await;
+        }
+    }
+
+    async fn serve_h2(&self, tls: Tls, peer: SocketAddr, registration: &Registration) {
+        let quic = &self.quic_settings;
+        let handshake = h2::server::Builder::new()
+            .initial_window_size(quic.stream_window.min(i32::MAX as u64) as u32)
+            .initial_connection_window_size(quic.connection_window.min(i32::MAX as u64) as u32)
+            .max_concurrent_streams(quic.max_concurrent_streams.min(u32::MAX as u64) as u32)
+            .handshake::<_, Bytes>(tls);
+        let mut connection = match rt::within(HANDSHAKE_TIMEOUT, handshake).await {
+            Some(Ok(connection)) => connection,
+            Some(Err(e)) => {
+                log::debug!("http/2 handshake from {peer}: {e}");
+                return;
+            }
+            None => return,
+        };
+        let client = ClientInfo { ip: peer.ip() };
+        let mut draining = false;
+        // Accepting also drives the connection: it reads frames and writes what request tasks
+        // queued, so this loop runs for as long as the connection lives.
+        loop {
+            let accepted = poll_fn(|cx| {
+                match registration.poll_signal(cx) {
+                    Signal::Close => return Poll::Ready(None),
+                    // GOAWAY (RFC 9113 §6.8): streams already open finish, and the connection
+                    // closes once they have.
+                    Signal::Drain if !draining => {
+                        draining = true;
+                        connection.graceful_shutdown();
+                    }
+                    Signal::Drain | Signal::Serve => {}
+                }
+                connection.poll_accept(cx).map(Some)
+            })
+            .await;
+            let (request, respond) = match accepted {
+                Some(Some(Ok(stream))) => stream,
+                Some(Some(Err(e))) => {
+                    log::debug!("http/2 connection from {peer}: {e}");
+                    return;
+                }
+                Some(None) | None => return,
+            };
+            let (parts, body) = request.into_parts();
+            let has_body = !body.is_end_stream();
+            let upstreams = self.upstreams.borrow().clone();
+            let job = proxy::admit(
+                request_fields(&parts),
+                client,
+                has_body,
+                &upstreams,
+                &self.stats,
+            );
+            let stream = H2Stream::new(peer, respond, body, self.alt_svc.clone());
+            let context = self.proxy.clone();
+            let in_flight = registration.request();
+            rt::spawn(async move {
+                proxy::serve(&context, stream, job).await;
+                drop(in_flight);
+            });
+        }
+    }
+
+    async fn serve_http1(self: &Rc<Self>, tls: Tls, peer: SocketAddr, registration: &Registration) {
+        let client = ClientInfo { ip: peer.ip() };
+        let requests = Cell::new(0u64);
+        let shard = self.clone();
+        let service = hyper::service::service_fn(|request: hyper::Request<Incoming>| {
+            let id = requests.replace(requests.get() + 1);
+            let (parts, body) = request.into_parts();
+            let has_body = !body.is_end_stream();
+            let upstreams = shard.upstreams.borrow().clone();
+            let job = match h1::request_fields(&parts) {
+                Ok(fields) => proxy::admit(fields, client, has_body, &upstreams, &shard.stats),
+                Err(malformed) => proxy::admit::refuse(malformed, client, &shard.stats),
+            };
+            let (stream, response) = H1Stream::new(peer, id, body, shard.alt_svc.clone());
+            let context = shard.proxy.clone();
+            let in_flight = registration.request();
+            rt::spawn(async move {
+                proxy::serve(&context, stream, job).await;
+                drop(in_flight);
+            });
+            response
+        });
+        // No header-read timeout inside hyper: its timers must be `Send`, glommio's are not.
+        // The registry's idle sweep closes a connection that sends no complete request.
+        let connection = hyper::server::conn::http1::Builder::new()
+            .header_read_timeout(None)
+            .pipeline_flush(true)
+            .serve_connection(TokioIo::new(tls), service);
+        let mut connection = pin!(connection);
+        let mut draining = false;
+        let outcome = poll_fn(|cx| {
+            match registration.poll_signal(cx) {
+                Signal::Close => return Poll::Ready(Ok(())),
+                // Keep-alive off: the response in flight carries `Connection: close`, and an
+                // idle connection closes at once.
+                Signal::Drain if !draining => {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                Signal::Drain | Signal::Serve => {}
+            }
+            connection.as_mut().poll(cx)
+        })
+        .await;
+        if let Err(e) = outcome {
+            log::debug!("http/1.1 connection from {peer}: {e}");
+        }
+    }
+}
