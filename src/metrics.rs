@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use shards::http::Protocol;
 use shards::plan::ProxyPlan;
 use shards::stats::{Counter, DURATION_BUCKETS_US};
 use shards::ShardStats;
@@ -116,13 +117,38 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
         "Requests in progress.",
         |s| &s.streams_active,
     );
+    let name = "spooky_requests_total";
+    header(
+        out,
+        name,
+        "counter",
+        "Requests received, by the protocol they arrived in (h3, h2, http/1.1).",
+    );
+    for (index, stats) in shards.iter().enumerate() {
+        for protocol in Protocol::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{index}\",protocol=\"{}\"}} {}",
+                protocol.as_str(),
+                stats.requests.get(protocol).get()
+            );
+        }
+    }
     per_shard(
         out,
         shards,
-        "spooky_requests_total",
+        "spooky_tcp_connections_accepted_total",
         "counter",
-        "HTTP/3 requests received.",
-        |s| &s.requests,
+        "Connections accepted by the TCP+TLS listener.",
+        |s| &s.tcp_connections_accepted,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_tcp_connections_active",
+        "gauge",
+        "Open connections on the TCP+TLS listener.",
+        |s| &s.tcp_connections_active,
     );
     per_shard(
         out,

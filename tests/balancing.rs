@@ -255,7 +255,7 @@ fn consistent_hash_sends_a_key_to_one_backend_from_every_shard() {
         .running
         .shard_stats()
         .iter()
-        .map(|s| s.requests.get())
+        .map(|s| s.requests.total())
         .collect();
     assert!(
         per_shard.iter().all(|&n| n > 0),

@@ -40,6 +40,46 @@ fn metrics_parse_and_move_with_traffic_and_readiness_follows_health() {
         value(&after, "spooky_requests_total", &[]) - value(&before, "spooky_requests_total", &[]),
         10.0
     );
+    assert_eq!(
+        value(&after, "spooky_requests_total", &[("protocol", "h3")]),
+        10.0
+    );
+    // Over TCP: three HTTP/2 requests and two HTTP/1.1 ones, each counted under its protocol.
+    let (addr, ca) = (proxy.running.local_addr(), proxy.certs.ca.clone());
+    let during = common::tcp::runtime().block_on(async {
+        use common::tcp::{connect_h2, connect_http1, h2_exchange, http1_exchange, Upload};
+        let h2 = connect_h2(addr, &ca).await;
+        for _ in 0..3 {
+            assert_eq!(h2_exchange(&h2, "GET", "/bytes/10", None).await.status, 200);
+        }
+        let mut h1 = connect_http1(addr, &ca).await;
+        for _ in 0..2 {
+            let request = http::Request::get("/bytes/10").header("host", "localhost");
+            let response = http1_exchange(&mut h1, request, Upload::None).await;
+            assert_eq!(response.status, 200);
+        }
+        scrape()
+    });
+    assert_eq!(value(&during, "spooky_tcp_connections_active", &[]), 2.0);
+    assert_eq!(
+        value(&during, "spooky_tcp_connections_accepted_total", &[]),
+        2.0
+    );
+    for (protocol, count) in [("h3", 10.0), ("h2", 3.0), ("http/1.1", 2.0)] {
+        assert_eq!(
+            value(&during, "spooky_requests_total", &[("protocol", protocol)]),
+            count,
+            "{protocol}"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || value(
+            &scrape(),
+            "spooky_tcp_connections_active",
+            &[]
+        ) == 0.0),
+        "closed TCP connections still counted"
+    );
     let id = format!("main-{}", backend.addr().port());
     assert_eq!(
         value(

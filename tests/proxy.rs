@@ -173,7 +173,7 @@ fn two_shards_share_the_port_are_pinned_and_both_serve() {
         .running
         .shard_stats()
         .iter()
-        .map(|s| s.requests.get())
+        .map(|s| s.requests.total())
         .collect();
     assert_eq!(per_shard.iter().sum::<u64>(), 40);
     assert!(

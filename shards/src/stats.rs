@@ -144,7 +144,10 @@ pub struct ShardStats {
     /// Open QUIC connections (gauge).
     pub connections_active: Counter,
     pub handshakes_completed: Counter,
-    pub requests: Counter,
+    pub requests: PerProtocol,
+    /// TCP connections accepted by the listener beside QUIC, and those open now (gauge).
+    pub tcp_connections_accepted: Counter,
+    pub tcp_connections_active: Counter,
     /// Requests in progress (gauge).
     pub streams_active: Counter,
     /// Responses sent to clients, by status class.
@@ -163,6 +166,28 @@ pub struct ShardStats {
     pub request_duration: DurationHistogram,
     /// Per backend, indexed by the backend's `stats_slot`; fixed size, never reallocated.
     pub backends: Box<[BackendStats]>,
+}
+
+/// A counter per client protocol.
+#[derive(Default, Debug)]
+pub struct PerProtocol {
+    h3: Counter,
+    h2: Counter,
+    http1: Counter,
+}
+
+impl PerProtocol {
+    pub fn get(&self, protocol: crate::http::Protocol) -> &Counter {
+        match protocol {
+            crate::http::Protocol::H3 => &self.h3,
+            crate::http::Protocol::H2 => &self.h2,
+            crate::http::Protocol::Http1 => &self.http1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.h3.get() + self.h2.get() + self.http1.get()
+    }
 }
 
 impl ShardStats {

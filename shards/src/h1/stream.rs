@@ -153,8 +153,8 @@ fn forbidden_in_response(name: &HeaderName) -> bool {
 }
 
 impl Downstream for H1Stream {
-    fn protocol(&self) -> &'static str {
-        "http/1.1"
+    fn protocol(&self) -> crate::http::Protocol {
+        crate::http::Protocol::Http1
     }
 
     fn peer(&self) -> SocketAddr {

@@ -105,8 +105,8 @@ fn reason_for(why: Abort) -> Reason {
 }
 
 impl Downstream for H2Stream {
-    fn protocol(&self) -> &'static str {
-        "h2"
+    fn protocol(&self) -> crate::http::Protocol {
+        crate::http::Protocol::H2
     }
 
     fn peer(&self) -> SocketAddr {

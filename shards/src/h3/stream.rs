@@ -120,8 +120,8 @@ impl H3Stream {
 }
 
 impl Downstream for H3Stream {
-    fn protocol(&self) -> &'static str {
-        "h3"
+    fn protocol(&self) -> crate::http::Protocol {
+        crate::http::Protocol::H3
     }
 
     fn peer(&self) -> SocketAddr {

@@ -50,10 +50,30 @@ pub enum Abort {
     Malformed,
 }
 
+/// The protocol a request arrived in, as metrics and the access log name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    H3,
+    H2,
+    Http1,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::H3, Protocol::H2, Protocol::Http1];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::H3 => "h3",
+            Protocol::H2 => "h2",
+            Protocol::Http1 => "http/1.1",
+        }
+    }
+}
+
 #[allow(async_fn_in_trait)] // used generically inside the shard, never as `dyn` or across threads
 pub trait Downstream {
-    /// The protocol, as metrics and the access log name it (`h3`).
-    fn protocol(&self) -> &'static str;
+    /// The protocol the request arrived in.
+    fn protocol(&self) -> Protocol;
     /// The client's address.
     fn peer(&self) -> SocketAddr;
     /// Names the request on its connection, for the access log: the stream ID in HTTP/3.

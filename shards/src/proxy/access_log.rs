@@ -27,7 +27,7 @@ pub(super) fn write<D: Downstream>(
         target: "spooky::access",
         "client={} protocol={} stream={} upstream={upstream_name} backend={backend} status={} bytes_in={} bytes_out={} duration_us={} outcome={} shard={}",
         downstream.peer(),
-        downstream.protocol(),
+        downstream.protocol().as_str(),
         downstream.request_id(),
         downstream.status.get(),
         downstream.bytes_in.get(),

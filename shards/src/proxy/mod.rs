@@ -66,7 +66,7 @@ struct ServedBy {
 pub async fn serve<D: Downstream>(context: &ProxyContext, downstream: D, job: Job) {
     let started = Instant::now();
     let stats = &*context.stats;
-    stats.requests.incr();
+    stats.requests.get(downstream.protocol()).incr();
     stats.streams_active.incr();
     let tallied = Tallied::new(&downstream, stats);
     let served_by = RefCell::new(ServedBy::default());

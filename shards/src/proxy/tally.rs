@@ -39,7 +39,7 @@ impl<'a, D: Downstream> Tallied<'a, D> {
 }
 
 impl<D: Downstream> Downstream for Tallied<'_, D> {
-    fn protocol(&self) -> &'static str {
+    fn protocol(&self) -> crate::http::Protocol {
         self.inner.protocol()
     }
 

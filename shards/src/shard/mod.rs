@@ -185,7 +185,7 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
         tcp_tls: RefCell::new(tcp_tls),
         alt_svc,
         quic_settings: plan.quic.clone(),
-        tcp: Rc::default(),
+        tcp: Rc::new(tcp::TcpConnections::new(stats.clone())),
     });
     stats.thread_id.set(crate::sys::thread_id());
     stats.running.set(1);

@@ -7,12 +7,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
 use crate::rt::Notify;
+use crate::stats::ShardStats;
 
 /// What the shard asks of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,8 +78,8 @@ impl Drop for InFlight {
 }
 
 /// The shard's open TCP connections.
-#[derive(Default)]
 pub struct TcpConnections {
+    stats: Arc<ShardStats>,
     next_id: Cell<u64>,
     open: RefCell<AHashMap<u64, Rc<TcpConnection>>>,
     draining: Cell<bool>,
@@ -87,6 +89,16 @@ pub struct TcpConnections {
 }
 
 impl TcpConnections {
+    pub fn new(stats: Arc<ShardStats>) -> Self {
+        TcpConnections {
+            stats,
+            next_id: Cell::new(0),
+            open: RefCell::new(AHashMap::new()),
+            draining: Cell::new(false),
+            stop_accepting: Notify::default(),
+        }
+    }
+
     /// Adds a connection; it leaves the registry when the returned registration drops.
     pub fn register(self: &Rc<Self>) -> Registration {
         let id = self.next_id.get();
@@ -103,6 +115,8 @@ impl TcpConnections {
             idle_since: Cell::new(Instant::now()),
         });
         self.open.borrow_mut().insert(id, connection.clone());
+        self.stats.tcp_connections_accepted.incr();
+        self.stats.tcp_connections_active.incr();
         Registration {
             registry: self.clone(),
             id,
@@ -168,6 +182,7 @@ impl std::ops::Deref for Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.open.borrow_mut().remove(&self.id);
+        self.registry.stats.tcp_connections_active.sub(1);
     }
 }
 
@@ -175,7 +190,6 @@ impl Drop for Registration {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
     use std::task::Wake;
 
     struct CountingWaker(AtomicUsize);
@@ -186,6 +200,10 @@ mod tests {
         }
     }
 
+    fn registry() -> Rc<TcpConnections> {
+        Rc::new(TcpConnections::new(Arc::new(ShardStats::new())))
+    }
+
     fn waker() -> (Arc<CountingWaker>, Waker) {
         let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
         (counter.clone(), Waker::from(counter))
@@ -193,7 +211,7 @@ mod tests {
 
     #[test]
     fn drain_reaches_open_connections_and_new_ones_start_draining() {
-        let registry = Rc::new(TcpConnections::default());
+        let registry = registry();
         let first = registry.register();
         let (wakes, waker) = waker();
         let mut cx = Context::from_waker(&waker);
@@ -204,14 +222,17 @@ mod tests {
         let second = registry.register();
         assert_eq!(second.poll_signal(&mut cx), Signal::Drain);
         assert_eq!(registry.len(), 2);
+        assert_eq!(registry.stats.tcp_connections_active.get(), 2);
         drop(first);
         drop(second);
         assert_eq!(registry.len(), 0);
+        assert_eq!(registry.stats.tcp_connections_accepted.get(), 2);
+        assert_eq!(registry.stats.tcp_connections_active.get(), 0);
     }
 
     #[test]
     fn close_is_final() {
-        let registry = Rc::new(TcpConnections::default());
+        let registry = registry();
         let connection = registry.register();
         registry.close_all();
         registry.start_drain();
@@ -224,7 +245,7 @@ mod tests {
 
     #[test]
     fn only_connections_idle_long_enough_are_closed() {
-        let registry = Rc::new(TcpConnections::default());
+        let registry = registry();
         let idle = registry.register();
         let busy = registry.register();
         let request = busy.request();
