@@ -380,3 +380,34 @@ fn reload_keeps_tcp_connections_serving_under_the_new_routes() {
         assert_eq!(after.headers["x-backend"], "tcp-reload-main");
     });
 }
+
+#[test]
+fn alt_svc_max_age_is_configurable_and_can_be_switched_off() {
+    let backend = start_backend("tcp-altsvc");
+    let tuned = Proxy::start(
+        "tcp-altsvc-tuned",
+        &format!(
+            "alt_svc_max_age = 3600\n\n{}",
+            common::pool("main", "/", &[&backend], "")
+        ),
+    );
+    let off = Proxy::start(
+        "tcp-altsvc-off",
+        &format!(
+            "alt_svc = false\n\n{}",
+            common::pool("main", "/", &[&backend], "")
+        ),
+    );
+    runtime().block_on(async {
+        let addr = tuned.running.local_addr();
+        let sender = connect_h2(addr, &tuned.certs.ca).await;
+        let response = h2_exchange(&sender, "GET", "/bytes/1", None).await;
+        let expected = format!("h3=\":{}\"; ma=3600", addr.port());
+        assert_eq!(response.headers["alt-svc"], expected.as_str());
+
+        let sender = connect_h2(off.running.local_addr(), &off.certs.ca).await;
+        let response = h2_exchange(&sender, "GET", "/bytes/1", None).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.headers.get("alt-svc"), None);
+    });
+}

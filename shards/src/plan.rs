@@ -18,7 +18,13 @@ pub struct ProxyPlan {
     pub upstreams: Vec<UpstreamPlan>,
     /// Write one access log line per request (target `spooky::access`).
     pub access_log: bool,
+    /// How long TCP clients may remember that we serve HTTP/3 (`Alt-Svc`'s `ma`, RFC 7838 §3),
+    /// or `None` to not advertise it.
+    pub alt_svc_max_age: Option<u32>,
 }
+
+/// A day, as nginx's and Caddy's examples use.
+pub const DEFAULT_ALT_SVC_MAX_AGE: u32 = 86_400;
 
 /// Transport settings advertised to every client.
 #[derive(Clone, Debug)]

@@ -69,6 +69,9 @@ pub struct RawListen {
     pub address: String,
     pub port: Int,
     pub tls: RawTls,
+    /// Whether TCP responses advertise HTTP/3 (`Alt-Svc`).
+    pub alt_svc: Option<bool>,
+    pub alt_svc_max_age: Option<Int>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -139,6 +139,26 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         }
     };
     let port = p.in_range("listen.port", raw.listen.port.0, 0, u16::MAX.into(), "");
+    let alt_svc_max_age = match (raw.listen.alt_svc, raw.listen.alt_svc_max_age) {
+        (Some(false), Some(_)) => {
+            p.push(
+                "listen.alt_svc_max_age",
+                "set while listen.alt_svc = false; remove one of them",
+            );
+            None
+        }
+        (Some(false), None) => Some(None),
+        (_, None) => Some(Some(shards::plan::DEFAULT_ALT_SVC_MAX_AGE)),
+        (_, Some(Int(seconds))) => p
+            .in_range(
+                "listen.alt_svc_max_age",
+                seconds,
+                1,
+                i64::from(i32::MAX),
+                " s",
+            )
+            .map(|seconds| Some(seconds as u32)),
+    };
     let [cert_chain, private_key] = [
         (
             "listen.tls.cert",
@@ -213,8 +233,15 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
     }
     // Every `None` above pushed a problem, so this branch means a bug in this module, not in the
     // operator's file; still, refusing the file beats panicking while loading it.
-    let (Some(ip), Some(port), Some(tls), Some(cores), Some(drain_timeout), Some(admin)) =
-        (ip, port, tls, cores, drain_timeout, admin)
+    let (
+        Some(ip),
+        Some(port),
+        Some(tls),
+        Some(cores),
+        Some(drain_timeout),
+        Some(admin),
+        Some(alt_svc_max_age),
+    ) = (ip, port, tls, cores, drain_timeout, admin, alt_svc_max_age)
     else {
         return Err(vec![Problem::new(
             "",
@@ -226,6 +253,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         quic,
         upstreams,
         access_log: raw.log.access_log.unwrap_or(false),
+        alt_svc_max_age,
     };
     if let Err(total) = plan.assign_stats_slots(None) {
         return Err(vec![Problem::new(

@@ -110,6 +110,8 @@ impl Shard {
             ),
         }
         self.proxy.access_log.set(plan.access_log);
+        let port = self.socket.local_addr().map_or(0, |addr| addr.port());
+        *self.alt_svc.borrow_mut() = super::alt_svc(port, plan);
         let previous = self.upstreams.borrow().clone();
         let next = Upstreams::new(plan, self.index, &self.stats, Some(&previous));
         *self.upstreams.borrow_mut() = Rc::new(next);

@@ -37,10 +37,6 @@ use crate::upstream::Upstreams;
 
 pub use control::CONTROL_TICK;
 
-/// How long a browser may remember that we serve HTTP/3 (`ma`, RFC 7838 §3): a day, as
-/// nginx's and Caddy's examples use.
-const ALT_SVC_MAX_AGE: u32 = 86_400;
-
 /// Everything a shard needs to start.
 pub struct ShardSpec {
     pub index: usize,
@@ -116,8 +112,8 @@ struct Shard {
     handoff_buf: RefCell<Box<[u8]>>,
     /// The TCP listener's TLS settings, replaced on reload for new handshakes.
     tcp_tls: RefCell<Arc<rustls::ServerConfig>>,
-    /// `Alt-Svc` on every TCP response, pointing at our HTTP/3 port.
-    alt_svc: Option<http::HeaderValue>,
+    /// `Alt-Svc` on every TCP response, pointing at our HTTP/3 port; replaced on reload.
+    alt_svc: RefCell<Option<http::HeaderValue>>,
     /// Flow-control windows and stream limits, which HTTP/2 clients get as well.
     quic_settings: crate::plan::QuicSettings,
     /// Open TCP connections, for drain and the idle sweep.
@@ -150,11 +146,7 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
     // spreads new connections between them.
     let tcp_listener = rt::tcp_listener(local_addr)?;
     let tcp_tls = crate::tls::tcp_server_config(&plan.tls)?;
-    let alt_svc = http::HeaderValue::from_str(&format!(
-        "h3=\":{}\"; ma={ALT_SVC_MAX_AGE}",
-        local_addr.port()
-    ))
-    .ok();
+    let alt_svc = alt_svc(local_addr.port(), &plan);
     let steering_key = cpu as u16;
     let endpoint = Endpoint::new(
         config,
@@ -183,7 +175,7 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
         inbox: sync_inbox,
         handoff_buf: RefCell::new(vec![0; udp::MAX_BATCH_BYTES].into_boxed_slice()),
         tcp_tls: RefCell::new(tcp_tls),
-        alt_svc,
+        alt_svc: RefCell::new(alt_svc),
         quic_settings: plan.quic.clone(),
         tcp: Rc::new(tcp::TcpConnections::new(stats.clone())),
     });
@@ -208,4 +200,11 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
     stats.running.set(0);
     log::info!("shard {index} stopped");
     outcome
+}
+
+/// The `Alt-Svc` field value that sends TCP clients to HTTP/3 on `port` (RFC 7838 §3, RFC 9114
+/// §3.1.1), if the plan advertises it.
+fn alt_svc(port: u16, plan: &ProxyPlan) -> Option<http::HeaderValue> {
+    let max_age = plan.alt_svc_max_age?;
+    http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma={max_age}")).ok()
 }

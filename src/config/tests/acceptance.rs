@@ -141,3 +141,21 @@ fn real_affinity_is_consulted() {
         &format!("allowed CPUs: {}", format_cpu_list(&allowed)),
     );
 }
+
+#[test]
+fn alt_svc_defaults_to_a_day_and_can_be_tuned_or_switched_off() {
+    let s = Scratch::new();
+    let tls = s.tls_line();
+    assert_eq!(
+        s.parse(&s.minimal()).unwrap().plan().alt_svc_max_age,
+        Some(86_400)
+    );
+    let tuned = edit(
+        &s.minimal(),
+        &tls,
+        &format!("{tls}\nalt_svc_max_age = 3600"),
+    );
+    assert_eq!(s.parse(&tuned).unwrap().plan().alt_svc_max_age, Some(3600));
+    let off = edit(&s.minimal(), &tls, &format!("{tls}\nalt_svc = false"));
+    assert_eq!(s.parse(&off).unwrap().plan().alt_svc_max_age, None);
+}

@@ -510,3 +510,25 @@ fn a_key_of_another_certificate_is_refused_at_the_key() {
         "does not belong to the certificate",
     );
 }
+
+#[test]
+fn alt_svc_max_age_out_of_range_or_beside_the_off_switch() {
+    let s = Scratch::new();
+    let tls = s.tls_line();
+    let zero = edit(&s.minimal(), &tls, &format!("{tls}\nalt_svc_max_age = 0"));
+    assert_problem(
+        &s.problems(&zero),
+        "listen.alt_svc_max_age",
+        "must be at least 1 s, got 0",
+    );
+    let both = edit(
+        &s.minimal(),
+        &tls,
+        &format!("{tls}\nalt_svc = false\nalt_svc_max_age = 60"),
+    );
+    assert_problem(
+        &s.problems(&both),
+        "listen.alt_svc_max_age",
+        "set while listen.alt_svc = false",
+    );
+}

@@ -146,7 +146,7 @@ impl Shard {
                 &upstreams,
                 &self.stats,
             );
-            let stream = H2Stream::new(peer, respond, body, self.alt_svc.clone());
+            let stream = H2Stream::new(peer, respond, body, self.alt_svc.borrow().clone());
             let context = self.proxy.clone();
             let in_flight = registration.request();
             rt::spawn(async move {
@@ -169,7 +169,7 @@ impl Shard {
                 Ok(fields) => proxy::admit(fields, client, has_body, &upstreams, &shard.stats),
                 Err(malformed) => proxy::admit::refuse(malformed, client, &shard.stats),
             };
-            let (stream, response) = H1Stream::new(peer, id, body, shard.alt_svc.clone());
+            let (stream, response) = H1Stream::new(peer, id, body, shard.alt_svc.borrow().clone());
             let context = shard.proxy.clone();
             let in_flight = registration.request();
             rt::spawn(async move {
