@@ -145,6 +145,14 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
     per_shard(
         out,
         shards,
+        "spooky_redirects_total",
+        "counter",
+        "Plain-HTTP requests redirected to HTTPS.",
+        |s| &s.redirects,
+    );
+    per_shard(
+        out,
+        shards,
         "spooky_tcp_connections_active",
         "gauge",
         "Open connections on the TCP+TLS listener.",

@@ -100,10 +100,14 @@ pub struct RunningProxy {
     watchdog: Option<Watchdog>,
     /// Keeps the TCP port ours while the shards' listeners come and go.
     _tcp_reservation: socket2::Socket,
+    /// The redirect listener's address as configured, and its reservation with the port
+    /// resolved.
+    redirect_configured: Option<SocketAddr>,
+    _redirect_reservation: Option<socket2::Socket>,
 }
 
 impl RunningProxy {
-    pub fn start(settings: ProxySettings) -> Result<Self, StartError> {
+    pub fn start(mut settings: ProxySettings) -> Result<Self, StartError> {
         // Validate TLS material once, here, so a bad file fails startup instead of every shard.
         shards::quic::config::quic_config(&settings.plan).map_err(StartError::Tls)?;
         let (sockets, tcp_reservation) =
@@ -116,6 +120,21 @@ impl RunningProxy {
             address: settings.listen,
             source,
         })?;
+        let redirect_configured = settings.plan.redirect;
+        let redirect_reservation = match redirect_configured {
+            None => None,
+            Some(address) => {
+                let bind_error = |source| StartError::Bind { address, source };
+                let socket = shards::net::reuseport::reserve_tcp(address).map_err(bind_error)?;
+                let resolved = socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .unwrap_or(address);
+                settings.plan.redirect = Some(resolved);
+                Some(socket)
+            }
+        };
         let steering = start_steering(&sockets, &settings)?;
         let inbox_sockets = handoff::bind_inboxes(sockets.len()).map_err(StartError::Inbox)?;
         let mut inbox_addrs = Vec::new();
@@ -175,6 +194,8 @@ impl RunningProxy {
             steering,
             watchdog: Some(watchdog),
             _tcp_reservation: tcp_reservation,
+            redirect_configured,
+            _redirect_reservation: redirect_reservation,
         })
     }
 
@@ -188,6 +209,11 @@ impl RunningProxy {
     /// Whether the kernel steers packets by connection ID (see `shards::steering`).
     pub fn kernel_steering(&self) -> bool {
         self.steering.is_some()
+    }
+
+    /// The plain-HTTP redirect listener's address (port resolved if 0 was configured).
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.plan.redirect
     }
 
     /// The UDP address clients reach (port resolved if 0 was configured).
@@ -204,6 +230,11 @@ impl RunningProxy {
         if settings.listen != self.listen {
             needs_restart.push("listen.address/listen.port");
         }
+        if settings.plan.redirect != self.redirect_configured {
+            needs_restart.push("listen.redirect");
+        }
+        // Shards keep the listener they bound; the plan they get says so.
+        settings.plan.redirect = self.plan.redirect;
         if settings.cores != self.shard_cpus() {
             needs_restart.push("runtime (cores/shards)");
         }

@@ -411,3 +411,62 @@ fn alt_svc_max_age_is_configurable_and_can_be_switched_off() {
         assert_eq!(response.headers.get("alt-svc"), None);
     });
 }
+
+#[test]
+fn the_redirect_listener_answers_308_to_the_https_url() {
+    let backend = start_backend("tcp-redirect");
+    let proxy = Proxy::start(
+        "tcp-redirect",
+        &format!(
+            "[listen.redirect]\nport = 0\n\n{}",
+            common::pool("main", "/", &[&backend], "")
+        ),
+    );
+    let redirect = proxy.running.redirect_addr().expect("redirect listener");
+    let https_port = proxy.running.local_addr().port();
+    assert_ne!(redirect.port(), 0);
+    runtime().block_on(async {
+        let mut plain = tokio::net::TcpStream::connect(redirect).await.unwrap();
+        // Keep-alive: two requests on one connection, the second one closing it.
+        plain
+            .write_all(
+                b"GET /a/b?c=d HTTP/1.1\r\nhost: localhost:80\r\n\r\n\
+                  POST /form HTTP/1.1\r\nhost: localhost\r\ncontent-length: 3\r\n\
+                  connection: close\r\n\r\nx=1",
+            )
+            .await
+            .unwrap();
+        let mut wire = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut wire))
+            .await
+            .expect("responses within 10 s")
+            .unwrap();
+        let responses = read_responses(&wire);
+        assert_eq!(responses.len(), 2);
+        let targets = [
+            format!("https://localhost:{https_port}/a/b?c=d"),
+            format!("https://localhost:{https_port}/form"),
+        ];
+        for (response, target) in responses.iter().zip(targets) {
+            assert_eq!(response.status, 308, "{}", response.head);
+            assert!(
+                response
+                    .head
+                    .contains(&format!("\r\nlocation: {target}\r\n")),
+                "{}",
+                response.head
+            );
+        }
+
+        let mut plain = tokio::net::TcpStream::connect(redirect).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut wire = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut wire))
+            .await
+            .expect("response within 10 s")
+            .unwrap();
+        assert_eq!(read_responses(&wire)[0].status, 400);
+    });
+    assert_eq!(proxy.running.shard_stats()[0].redirects.get(), 3);
+    assert_eq!(backend.stats().requests, 0);
+}

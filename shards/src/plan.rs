@@ -21,6 +21,9 @@ pub struct ProxyPlan {
     /// How long TCP clients may remember that we serve HTTP/3 (`Alt-Svc`'s `ma`, RFC 7838 §3),
     /// or `None` to not advertise it.
     pub alt_svc_max_age: Option<u32>,
+    /// The plain-HTTP listener that redirects to HTTPS, if any. The coordinator resolves a port
+    /// of 0 before the shards see it, so that every shard binds the same one.
+    pub redirect: Option<std::net::SocketAddr>,
 }
 
 /// A day, as nginx's and Caddy's examples use.

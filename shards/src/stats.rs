@@ -148,6 +148,8 @@ pub struct ShardStats {
     /// TCP connections accepted by the listener beside QUIC, and those open now (gauge).
     pub tcp_connections_accepted: Counter,
     pub tcp_connections_active: Counter,
+    /// Plain-HTTP requests answered with a redirect to HTTPS (`[listen.redirect]`).
+    pub redirects: Counter,
     /// Requests in progress (gauge).
     pub streams_active: Counter,
     /// Responses sent to clients, by status class.

@@ -72,6 +72,16 @@ pub struct RawListen {
     /// Whether TCP responses advertise HTTP/3 (`Alt-Svc`).
     pub alt_svc: Option<bool>,
     pub alt_svc_max_age: Option<Int>,
+    pub redirect: Option<RawRedirect>,
+}
+
+/// `[listen.redirect]`: a plain-HTTP listener that redirects to HTTPS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub port: Int,
+    /// Defaults to `listen.address`.
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

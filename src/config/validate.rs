@@ -20,7 +20,7 @@ use shards::tls::{TlsError, TlsIdentity};
 
 use super::error::Problem;
 use super::model::{
-    BalancingKind, Int, RawConfig, RawHealthCheck, RawQuic, RawRuntime, RawUpstream,
+    BalancingKind, Int, RawConfig, RawHealthCheck, RawQuic, RawRedirect, RawRuntime, RawUpstream,
 };
 use super::{Config, LogFormat};
 use upstreams::check_upstreams;
@@ -119,6 +119,46 @@ impl Problems {
     }
 }
 
+/// `[listen.redirect]`: `Some(None)` when absent, `None` after pushing a problem.
+fn check_redirect(
+    p: &mut Problems,
+    redirect: Option<&RawRedirect>,
+    listen_ip: Option<IpAddr>,
+    listen_port: Option<i64>,
+) -> Option<Option<SocketAddr>> {
+    let Some(redirect) = redirect else {
+        return Some(None);
+    };
+    let ip = match &redirect.address {
+        None => listen_ip,
+        Some(text) => match text.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                p.push(
+                    "listen.redirect.address",
+                    format!("`{text}` is not an IP address such as 0.0.0.0 or ::"),
+                );
+                None
+            }
+        },
+    };
+    let port = p.in_range(
+        "listen.redirect.port",
+        redirect.port.0,
+        0,
+        u16::MAX.into(),
+        "",
+    )?;
+    if port != 0 && Some(port) == listen_port {
+        p.push(
+            "listen.redirect.port",
+            format!("must differ from listen.port ({port}), where TLS is served"),
+        );
+        return None;
+    }
+    Some(Some(SocketAddr::new(ip?, port as u16)))
+}
+
 /// Checks everything and builds the [`Config`] only if nothing is wrong.
 pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Vec<Problem>> {
     let mut p = Problems::default();
@@ -139,6 +179,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         }
     };
     let port = p.in_range("listen.port", raw.listen.port.0, 0, u16::MAX.into(), "");
+    let redirect = check_redirect(&mut p, raw.listen.redirect.as_ref(), ip, port);
     let alt_svc_max_age = match (raw.listen.alt_svc, raw.listen.alt_svc_max_age) {
         (Some(false), Some(_)) => {
             p.push(
@@ -241,7 +282,17 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         Some(drain_timeout),
         Some(admin),
         Some(alt_svc_max_age),
-    ) = (ip, port, tls, cores, drain_timeout, admin, alt_svc_max_age)
+        Some(redirect),
+    ) = (
+        ip,
+        port,
+        tls,
+        cores,
+        drain_timeout,
+        admin,
+        alt_svc_max_age,
+        redirect,
+    )
     else {
         return Err(vec![Problem::new(
             "",
@@ -254,6 +305,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         upstreams,
         access_log: raw.log.access_log.unwrap_or(false),
         alt_svc_max_age,
+        redirect,
     };
     if let Err(total) = plan.assign_stats_slots(None) {
         return Err(vec![Problem::new(

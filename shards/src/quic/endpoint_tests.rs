@@ -74,6 +74,7 @@ fn endpoint(idle_timeout: Duration) -> (Endpoint<Recorder>, Arc<ShardStats>) {
         upstreams: Vec::new(),
         access_log: false,
         alt_svc_max_age: None,
+        redirect: None,
     };
     let stats = Arc::new(ShardStats::new());
     let endpoint = Endpoint::new(

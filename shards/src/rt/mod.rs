@@ -10,6 +10,7 @@
 //!   ([`udp_socket`]);
 //! - `io_memory` is kept small ([`IO_MEMORY`]) to fit an unprivileged memlock limit.
 
+mod latch;
 mod notify;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use std::net::UdpSocket as StdUdpSocket;
 use std::time::Duration;
 
 pub use glommio::net::{TcpListener, TcpStream, UdpSocket};
+pub use latch::Latch;
 pub use notify::Notify;
 
 /// Memory glommio registers for io_uring buffers per shard. Kept small: the default asks for more

@@ -145,6 +145,7 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
     // glommio binds with SO_REUSEPORT: every shard's listener shares the port, and the kernel
     // spreads new connections between them.
     let tcp_listener = rt::tcp_listener(local_addr)?;
+    let redirect_listener = plan.redirect.map(rt::tcp_listener).transpose()?;
     let tcp_tls = crate::tls::tcp_server_config(&plan.tls)?;
     let alt_svc = alt_svc(local_addr.port(), &plan);
     let steering_key = cpu as u16;
@@ -192,6 +193,14 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
     rt::spawn(tasks::inbox_loop(shard.clone(), wait_inbox));
     rt::spawn(tasks::timers(shard.clone()));
     rt::spawn(tcp::accept_loop(shard.clone(), tcp_listener));
+    if let Some(listener) = redirect_listener {
+        let https_port = local_addr.port();
+        rt::spawn(tcp::redirect::accept_loop(
+            shard.clone(),
+            listener,
+            https_port,
+        ));
+    }
     // The receive loop must be a task of its own (see `crate::rt`): when it shared a task with
     // the 10 ms control tick, every tick re-polled the pending read, and on an idle socket the
     // task's 16-bit waker reference count overflowed after 32,767 ticks (5.5 minutes).

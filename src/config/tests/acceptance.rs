@@ -159,3 +159,29 @@ fn alt_svc_defaults_to_a_day_and_can_be_tuned_or_switched_off() {
     let off = edit(&s.minimal(), &tls, &format!("{tls}\nalt_svc = false"));
     assert_eq!(s.parse(&off).unwrap().plan().alt_svc_max_age, None);
 }
+
+#[test]
+fn redirect_listens_on_the_listen_address_unless_told_otherwise() {
+    let s = Scratch::new();
+    let tls = s.tls_line();
+    assert_eq!(s.parse(&s.minimal()).unwrap().plan().redirect, None);
+    let text = edit(
+        &s.minimal(),
+        &tls,
+        &format!("{tls}\nredirect = {{ port = 80 }}"),
+    );
+    let listen = s.parse(&text).unwrap().listen_addr();
+    assert_eq!(
+        s.parse(&text).unwrap().plan().redirect,
+        Some(std::net::SocketAddr::new(listen.ip(), 80))
+    );
+    let text = edit(
+        &s.minimal(),
+        &tls,
+        &format!("{tls}\nredirect = {{ port = 8080, address = \"::1\" }}"),
+    );
+    assert_eq!(
+        s.parse(&text).unwrap().plan().redirect,
+        Some("[::1]:8080".parse().unwrap())
+    );
+}

@@ -532,3 +532,36 @@ fn alt_svc_max_age_out_of_range_or_beside_the_off_switch() {
         "set while listen.alt_svc = false",
     );
 }
+
+#[test]
+fn redirect_port_must_not_be_the_tls_port_and_address_must_be_an_ip() {
+    let s = Scratch::new();
+    let minimal = s.minimal();
+    let port_line = minimal
+        .lines()
+        .find(|l| l.starts_with("port = "))
+        .expect("port line")
+        .to_string();
+    let port = port_line.trim_start_matches("port = ");
+    let tls = s.tls_line();
+    let same = edit(
+        &minimal,
+        &tls,
+        &format!("{tls}\nredirect = {{ port = {port} }}"),
+    );
+    assert_problem(
+        &s.problems(&same),
+        "listen.redirect.port",
+        "must differ from listen.port",
+    );
+    let named = edit(
+        &minimal,
+        &tls,
+        &format!("{tls}\nredirect = {{ port = 80, address = \"web.example\" }}"),
+    );
+    assert_problem(
+        &s.problems(&named),
+        "listen.redirect.address",
+        "`web.example` is not an IP address",
+    );
+}

@@ -5,6 +5,7 @@
 //! Browsers open a site over TCP first and move to HTTP/3 only once a response's `Alt-Svc` told
 //! them where it is (RFC 9114 §3.1.1); clients on networks that block UDP stay on TCP.
 
+pub mod redirect;
 mod registry;
 
 use std::cell::Cell;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
-use crate::rt::Notify;
+use crate::rt::Latch;
 use crate::stats::ShardStats;
 
 /// What the shard asks of a connection.
@@ -82,10 +82,9 @@ pub struct TcpConnections {
     stats: Arc<ShardStats>,
     next_id: Cell<u64>,
     open: RefCell<AHashMap<u64, Rc<TcpConnection>>>,
-    draining: Cell<bool>,
-    /// Wakes the accept loop when draining starts, so that it closes the listener and the
-    /// kernel sends new connections to the port's other listeners.
-    stop_accepting: Notify,
+    /// Set when draining starts: the accept loops close their listeners, and the kernel sends
+    /// new connections to the port's other listeners.
+    draining: Latch,
 }
 
 impl TcpConnections {
@@ -94,8 +93,7 @@ impl TcpConnections {
             stats,
             next_id: Cell::new(0),
             open: RefCell::new(AHashMap::new()),
-            draining: Cell::new(false),
-            stop_accepting: Notify::default(),
+            draining: Latch::default(),
         }
     }
 
@@ -103,7 +101,7 @@ impl TcpConnections {
     pub fn register(self: &Rc<Self>) -> Registration {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let signal = if self.draining.get() {
+        let signal = if self.draining.is_set() {
             Signal::Drain
         } else {
             Signal::Serve
@@ -130,8 +128,7 @@ impl TcpConnections {
 
     /// Stops accepting and asks every connection to finish what it has in flight.
     pub fn start_drain(&self) {
-        self.draining.set(true);
-        self.stop_accepting.notify();
+        self.draining.set();
         self.signal_all(Signal::Drain);
     }
 
@@ -153,7 +150,7 @@ impl TcpConnections {
 
     /// Resolves once draining has started.
     pub async fn accepting_stopped(&self) {
-        self.stop_accepting.wait().await
+        self.draining.wait().await
     }
 
     fn signal_all(&self, signal: Signal) {
