@@ -64,9 +64,12 @@ missing_packages() {
 main() {
   local missing
   mapfile -t missing < <(missing_packages "" "")
-  # The test suite lints the shell scripts; installing shellcheck keeps that check from skipping.
-  if [[ "${1:-}" == "--with-test-tools" ]] && ! command -v shellcheck >/dev/null 2>&1; then
-    missing+=(shellcheck)
+  if [[ "${1:-}" == "--with-test-tools" ]]; then
+    # The test suite lints the shell scripts; installing shellcheck keeps that check from
+    # skipping. The browser test drives Debian's Chromium through its ChromeDriver.
+    command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
   fi
 
   if ((${#missing[@]})); then

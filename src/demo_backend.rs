@@ -69,7 +69,7 @@ async fn answer(
     }
     let text = format!(
         "Hello from Spooky's built-in demo backend.\n\
-         You sent {} {} over HTTP/3; Spooky forwarded it over HTTP/2.\n\
+         You sent {} {}; Spooky forwarded it to this backend over HTTP/2.\n\
          Request body: {received} bytes. Forwarded for: {}.\n",
         parts.method,
         parts.uri.path(),
