@@ -49,6 +49,7 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
         alt_svc_max_age: Some(shards::plan::DEFAULT_ALT_SVC_MAX_AGE),
         redirect: None,
         tls: TlsIdentity::load(&certs.cert_chain, &certs.private_key).map_err(io::Error::other)?,
+        sni: Default::default(),
         // One process with one shard: there is no other socket to steer packets to, so the
         // kernel's address hash is exact and loading the steering program would only warn.
         quic: QuicSettings {

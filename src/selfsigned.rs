@@ -33,7 +33,13 @@ pub struct GeneratedCerts {
 /// Creates `dir` if needed and writes a fresh CA, leaf chain and key into it as `ca.pem`,
 /// `cert.pem` and `key.pem`, replacing any files of those names.
 pub fn generate(dir: &Path) -> io::Result<GeneratedCerts> {
-    let (ca_pem, leaf_pem, key_pem) = build().map_err(io::Error::other)?;
+    generate_for(dir, &LEAF_NAMES)
+}
+
+/// Like [`generate`], with a CA of its own and a leaf valid for `names` (DNS names or IP
+/// literals): tests that serve several certificates give each its own trust anchor.
+pub fn generate_for(dir: &Path, names: &[&str]) -> io::Result<GeneratedCerts> {
+    let (ca_pem, leaf_pem, key_pem) = build(names).map_err(io::Error::other)?;
 
     fs::create_dir_all(dir)?;
     let certs = GeneratedCerts {
@@ -48,7 +54,7 @@ pub fn generate(dir: &Path) -> io::Result<GeneratedCerts> {
 }
 
 /// Returns (CA PEM, leaf PEM, leaf key PEM).
-fn build() -> Result<(String, String, String), rcgen::Error> {
+fn build(names: &[&str]) -> Result<(String, String, String), rcgen::Error> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = name("Spooky throwaway CA");
@@ -57,10 +63,11 @@ fn build() -> Result<(String, String, String), rcgen::Error> {
     let ca = ca_params.self_signed(&ca_key)?;
 
     let leaf_key = KeyPair::generate()?;
-    let names: Vec<String> = LEAF_NAMES.iter().map(|n| n.to_string()).collect();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let common_name = names.first().cloned().unwrap_or_default();
     // `new` turns the IP literals into IP-address SANs, which is what clients match IPs against.
     let mut leaf_params = CertificateParams::new(names)?;
-    leaf_params.distinguished_name = name("localhost");
+    leaf_params.distinguished_name = name(&common_name);
     leaf_params.is_ca = IsCa::ExplicitNoCa;
     leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

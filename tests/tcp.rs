@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::tcp::{
-    connect_h2, connect_http1, connect_tls, h2_exchange, http1_exchange, runtime, Upload,
+    connect_h2, connect_http1, connect_tls, connect_tls_to, h2_exchange, http1_exchange, runtime,
+    Upload,
 };
 use common::{sha256, start_backend, Proxy};
 use spooky_bench::backend::pattern_sha256;
@@ -469,4 +470,135 @@ fn the_redirect_listener_answers_308_to_the_https_url() {
     });
     assert_eq!(proxy.running.shard_stats()[0].redirects.get(), 3);
     assert_eq!(backend.stats().requests, 0);
+}
+
+#[test]
+fn sni_picks_each_names_certificate_on_tcp_and_on_quic() {
+    let backend = start_backend("tcp-sni");
+    let dir = common::scratch_dir("tcp-sni-certs");
+    let alpha = spooky::selfsigned::generate_for(&dir.join("alpha"), &["alpha.example"]).unwrap();
+    let beta = spooky::selfsigned::generate_for(&dir.join("beta"), &["beta.example"]).unwrap();
+    let proxy = Proxy::start(
+        "tcp-sni",
+        &format!(
+            "[[listen.certificates]]\ncert = {:?}\nkey = {:?}\n\n\
+             [[listen.certificates]]\ncert = {:?}\nkey = {:?}\nhosts = [\"beta.example\", \"*.beta.example\"]\n\n{}",
+            alpha.cert_chain.display().to_string(),
+            alpha.private_key.display().to_string(),
+            beta.cert_chain.display().to_string(),
+            beta.private_key.display().to_string(),
+            common::pool("main", "/", &[&backend], "")
+        ),
+    );
+    let addr = proxy.running.local_addr();
+    // Each client trusts only its name's CA: a handshake completes only with that certificate.
+    runtime().block_on(async {
+        for (name, ca, trusted) in [
+            ("alpha.example", &alpha.ca, true),
+            ("beta.example", &beta.ca, true),
+            ("alpha.example", &beta.ca, false),
+            // No SNI entry for localhost: the default certificate (listen.tls).
+            ("localhost", &proxy.certs.ca, true),
+            ("localhost", &alpha.ca, false),
+            // An IP literal sends no SNI at all: the default again.
+            ("127.0.0.1", &proxy.certs.ca, true),
+        ] {
+            let outcome = connect_tls_to(addr, ca, name, &[b"h2"]).await;
+            assert_eq!(outcome.is_ok(), trusted, "TCP {name}: {:?}", outcome.err());
+        }
+    });
+    for (name, ca, trusted) in [
+        ("alpha.example", &alpha.ca, true),
+        ("beta.example", &beta.ca, true),
+        ("beta.example", &alpha.ca, false),
+        ("localhost", &proxy.certs.ca, true),
+    ] {
+        let mut options = proxy.client_options();
+        options.server_name = name.into();
+        options.verify = spooky_bench::client::Verify::Ca(ca.clone());
+        options.timeout = Duration::from_secs(5);
+        let connected = spooky_bench::client::H3Client::connect(options);
+        assert_eq!(
+            connected.is_ok(),
+            trusted,
+            "QUIC {name}: {:?}",
+            connected.err()
+        );
+        if let Ok(mut client) = connected {
+            let response = client.request(H3Request::get("/bytes/3")).unwrap();
+            assert_eq!(response.status, 200, "QUIC {name}");
+        }
+    }
+}
+
+#[test]
+fn reload_swaps_sni_certificates_for_new_handshakes_only() {
+    let backend = start_backend("tcp-sni-reload");
+    let dir = common::scratch_dir("tcp-sni-reload-certs");
+    let old = spooky::selfsigned::generate_for(&dir.join("old"), &["site.example"]).unwrap();
+    let new = spooky::selfsigned::generate_for(&dir.join("new"), &["site.example"]).unwrap();
+    let entry = |certs: &spooky::selfsigned::GeneratedCerts| {
+        format!(
+            "[[listen.certificates]]\ncert = {:?}\nkey = {:?}\n\n{}",
+            certs.cert_chain.display().to_string(),
+            certs.private_key.display().to_string(),
+            common::pool("main", "/", &[&backend], "")
+        )
+    };
+    let mut proxy = Proxy::start("tcp-sni-reload", &entry(&old));
+    let addr = proxy.running.local_addr();
+    let rt = runtime();
+    let open = rt.block_on(async {
+        let tls = connect_tls_to(addr, &old.ca, "site.example", &[b"h2"])
+            .await
+            .expect("old certificate before the reload");
+        let (sender, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        sender
+    });
+    let text = format!(
+        "[listen]\naddress = \"127.0.0.1\"\nport = 0\ntls = {{ cert = {:?}, key = {:?} }}\n{}",
+        proxy.certs.cert_chain.display().to_string(),
+        proxy.certs.private_key.display().to_string(),
+        entry(&new)
+    );
+    let path = proxy.dir.join("reloaded.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = spooky::config::load(&path).unwrap();
+    proxy
+        .running
+        .reload(spooky::ProxySettings {
+            listen: config.listen_addr(),
+            cores: config.cores(),
+            plan: config.plan(),
+        })
+        .unwrap();
+    rt.block_on(async {
+        let swapped = async {
+            while connect_tls_to(addr, &new.ca, "site.example", &[b"h2"])
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), swapped)
+            .await
+            .expect("new handshakes get the new certificate");
+        assert!(connect_tls_to(addr, &old.ca, "site.example", &[b"h2"])
+            .await
+            .is_err());
+        // The connection opened before the reload still serves.
+        let response = h2_exchange(&open, "GET", "/bytes/7", None).await;
+        assert_eq!((response.status, response.body_len), (200, 7));
+    });
+    let mut options = proxy.client_options();
+    options.server_name = "site.example".into();
+    options.verify = spooky_bench::client::Verify::Ca(new.ca.clone());
+    let mut client =
+        spooky_bench::client::H3Client::connect(options).expect("QUIC, new certificate");
+    assert_eq!(
+        client.request(H3Request::get("/bytes/1")).unwrap().status,
+        200
+    );
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 pub struct ProxyPlan {
     /// The listener's certificate and key, parsed by the coordinator.
     pub tls: crate::tls::TlsIdentity,
+    /// Further certificates, chosen by the client's SNI on both listeners.
+    pub sni: crate::tls::SniCertificates,
     pub quic: QuicSettings,
     /// Upstream pools, in configuration order. Their index is the upstream id used in routing.
     pub upstreams: Vec<UpstreamPlan>,

@@ -73,6 +73,18 @@ pub struct RawListen {
     pub alt_svc: Option<bool>,
     pub alt_svc_max_age: Option<Int>,
     pub redirect: Option<RawRedirect>,
+    /// `[[listen.certificates]]`: further certificates, chosen by SNI.
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Defaults to the DNS names in the certificate.
+    pub hosts: Option<Vec<String>>,
 }
 
 /// `[listen.redirect]`: a plain-HTTP listener that redirects to HTTPS.

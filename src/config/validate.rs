@@ -16,11 +16,12 @@ use shards::plan::{
     SteeringMode, UpstreamPlan, UpstreamTimeouts, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
 };
 
-use shards::tls::{TlsError, TlsIdentity};
+use shards::tls::{SniCertificates, TlsError, TlsIdentity};
 
 use super::error::Problem;
 use super::model::{
-    BalancingKind, Int, RawConfig, RawHealthCheck, RawQuic, RawRedirect, RawRuntime, RawUpstream,
+    BalancingKind, Int, RawCertificate, RawConfig, RawHealthCheck, RawQuic, RawRedirect,
+    RawRuntime, RawUpstream,
 };
 use super::{Config, LogFormat};
 use upstreams::check_upstreams;
@@ -179,6 +180,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         }
     };
     let port = p.in_range("listen.port", raw.listen.port.0, 0, u16::MAX.into(), "");
+    let sni = check_certificates(&mut p, &raw.listen.certificates, base_dir);
     let redirect = check_redirect(&mut p, raw.listen.redirect.as_ref(), ip, port);
     let alt_svc_max_age = match (raw.listen.alt_svc, raw.listen.alt_svc_max_age) {
         (Some(false), Some(_)) => {
@@ -210,7 +212,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
     ]
     .map(|(key, path, kind)| check_pem_file(&mut p, key, path, base_dir, kind));
     let tls = match (&cert_chain, &private_key) {
-        (Some(cert), Some(key)) => load_identity(&mut p, cert, key),
+        (Some(cert), Some(key)) => load_identity(&mut p, "listen.tls", cert, key),
         _ => None,
     };
 
@@ -283,6 +285,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         Some(admin),
         Some(alt_svc_max_age),
         Some(redirect),
+        Some(sni),
     ) = (
         ip,
         port,
@@ -292,6 +295,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         admin,
         alt_svc_max_age,
         redirect,
+        sni,
     )
     else {
         return Err(vec![Problem::new(
@@ -301,6 +305,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
     };
     let mut plan = ProxyPlan {
         tls,
+        sni,
         quic,
         upstreams,
         access_log: raw.log.access_log.unwrap_or(false),
@@ -420,20 +425,103 @@ fn check_pem_file(
 
 /// Parses the certificate and key (the only time they are read; shards get the parsed result)
 /// and checks they belong together.
-fn load_identity(p: &mut Problems, cert: &Path, key: &Path) -> Option<TlsIdentity> {
+/// Loads a certificate and key; a problem is reported under `{table}.cert` or `{table}.key`.
+fn load_identity(p: &mut Problems, table: &str, cert: &Path, key: &Path) -> Option<TlsIdentity> {
     match TlsIdentity::load(cert, key) {
         Ok(identity) => Some(identity),
         Err(e) => {
-            let at = match e {
-                TlsError::Certificate { .. } => "listen.tls.cert",
-                TlsError::Read { ref path, .. } if path == cert => "listen.tls.cert",
-                TlsError::Unsupported { ref path, .. } if path == cert => "listen.tls.cert",
-                _ => "listen.tls.key",
+            let field = match e {
+                TlsError::Certificate { .. } => "cert",
+                TlsError::Read { ref path, .. } if path == cert => "cert",
+                TlsError::Unsupported { ref path, .. } if path == cert => "cert",
+                _ => "key",
             };
-            p.push(at, e.to_string());
+            p.push(format!("{table}.{field}"), e.to_string());
             None
         }
     }
+}
+
+/// `[[listen.certificates]]`: each pair loads, each host is a valid name listed once.
+fn check_certificates(
+    p: &mut Problems,
+    entries: &[RawCertificate],
+    base_dir: &Path,
+) -> Option<SniCertificates> {
+    let before = p.0.len();
+    let mut table = Vec::new();
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let at = format!("listen.certificates[{index}]");
+        let cert = check_pem_file(
+            p,
+            &format!("{at}.cert"),
+            &entry.cert,
+            base_dir,
+            PemKind::Certificate,
+        );
+        let key = check_pem_file(
+            p,
+            &format!("{at}.key"),
+            &entry.key,
+            base_dir,
+            PemKind::PrivateKey,
+        );
+        let (Some(cert), Some(key)) = (cert, key) else {
+            continue;
+        };
+        let Some(identity) = load_identity(p, &at, &cert, &key) else {
+            continue;
+        };
+        let hosts: Vec<String> = match &entry.hosts {
+            Some(hosts) => hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            None => identity.names().to_vec(),
+        };
+        if hosts.is_empty() {
+            let why = if entry.hosts.is_some() {
+                "is empty; list the names this certificate serves"
+            } else {
+                "not given, and the certificate names no DNS host; list the names it serves"
+            };
+            p.push(format!("{at}.hosts"), why);
+            continue;
+        }
+        for host in &hosts {
+            if !valid_host_pattern(host) {
+                p.push(
+                    format!("{at}.hosts"),
+                    format!(
+                        "`{host}` is not a host name (letters, digits, `-` and dots, optionally \
+                         starting with `*.`)"
+                    ),
+                );
+            } else if let Some(first) = owner.insert(host.clone(), index) {
+                p.push(
+                    format!("{at}.hosts"),
+                    format!("`{host}` is already served by listen.certificates[{first}]"),
+                );
+            }
+        }
+        table.push((hosts, identity));
+    }
+    (p.0.len() == before).then(|| SniCertificates::new(table))
+}
+
+/// A DNS name, or `*.` and a DNS name: what SNI can ask for (RFC 6066 §3 sends no IP literals).
+fn valid_host_pattern(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 /// Returns the CPUs to run one shard on each, in the configured order.

@@ -59,12 +59,22 @@ pub fn tls_client(ca: &Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
 
 /// Connects over TCP and completes TLS for `localhost`, offering `alpn`.
 pub async fn connect_tls(addr: SocketAddr, ca: &Path, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    tls_client(ca, alpn)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+    connect_tls_to(addr, ca, "localhost", alpn)
         .await
         .expect("TLS handshake with the proxy")
+}
+
+/// Connects over TCP and tries TLS for `name` (sent as SNI unless it is an IP literal).
+pub async fn connect_tls_to(
+    addr: SocketAddr,
+    ca: &Path,
+    name: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(name.to_string()).map_err(std::io::Error::other)?;
+    tls_client(ca, alpn).connect(name, tcp).await
 }
 
 pub type H2Sender = h2::client::SendRequest<Bytes>;

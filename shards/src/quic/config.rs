@@ -2,7 +2,7 @@
 //! parameters, built from the plan in memory (the certificate was parsed by the coordinator; see
 //! [`crate::tls`]).
 
-use boring::ssl::{SslContextBuilder, SslMethod};
+use boring::ssl::{ClientHello, NameType, SelectCertError, SslContextBuilder, SslMethod};
 
 use crate::plan::{ProxyPlan, QuicSettings};
 use crate::quic::endpoint::MAX_DATAGRAM;
@@ -33,18 +33,43 @@ pub fn quic_config(plan: &ProxyPlan) -> Result<quiche::Config, ConfigError> {
         source,
     };
     let mut context = SslContextBuilder::new(SslMethod::tls()).map_err(tls)?;
-    let (leaf, intermediates) = identity
+    let leaf = identity
         .chain()
-        .split_first()
+        .first()
         .ok_or_else(|| tls(boring::error::ErrorStack::get()))?;
     context.set_certificate(leaf).map_err(tls)?;
-    for intermediate in intermediates {
-        context
-            .add_extra_chain_cert(intermediate.clone())
-            .map_err(tls)?;
-    }
     context.set_private_key(identity.key()).map_err(tls)?;
     context.check_private_key().map_err(tls)?;
+    // The chain is completed per connection, once the ClientHello's SNI chose the certificate;
+    // intermediates left on the context would follow whichever leaf is chosen.
+    let default = identity.clone();
+    let sni = plan.sni.clone();
+    context.set_select_certificate_callback(move |mut hello: ClientHello<'_>| {
+        let named = hello
+            .servername(NameType::HOST_NAME)
+            .and_then(|name| sni.lookup(name))
+            .cloned();
+        let ssl = hello.ssl_mut();
+        let chosen = match &named {
+            Some(identity) => {
+                let (leaf, _) = identity
+                    .chain()
+                    .split_first()
+                    .ok_or(SelectCertError::ERROR)?;
+                ssl.set_certificate(leaf)
+                    .map_err(|_| SelectCertError::ERROR)?;
+                ssl.set_private_key(identity.key())
+                    .map_err(|_| SelectCertError::ERROR)?;
+                identity
+            }
+            None => &default,
+        };
+        for intermediate in &chosen.chain()[1..] {
+            ssl.add_chain_cert(intermediate)
+                .map_err(|_| SelectCertError::ERROR)?;
+        }
+        Ok(())
+    });
     let mut config = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, context)
         .map_err(ConfigError::Quiche)?;
     config

@@ -67,6 +67,7 @@ fn certificate() -> TlsIdentity {
 fn endpoint(idle_timeout: Duration) -> (Endpoint<Recorder>, Arc<ShardStats>) {
     let plan = ProxyPlan {
         tls: certificate(),
+        sni: Default::default(),
         quic: QuicSettings {
             idle_timeout,
             ..QuicSettings::default()

@@ -102,7 +102,7 @@ impl Shard {
                 );
             }
         }
-        match crate::tls::tcp_server_config(&plan.tls) {
+        match crate::tls::tcp_server_config(&plan.tls, &plan.sni) {
             Ok(config) => *self.tcp_tls.borrow_mut() = config,
             Err(e) => log::error!(
                 "shard {}: reload kept the old TLS settings for TCP: {e}",

@@ -146,7 +146,7 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
     // spreads new connections between them.
     let tcp_listener = rt::tcp_listener(local_addr)?;
     let redirect_listener = plan.redirect.map(rt::tcp_listener).transpose()?;
-    let tcp_tls = crate::tls::tcp_server_config(&plan.tls)?;
+    let tcp_tls = crate::tls::tcp_server_config(&plan.tls, &plan.sni)?;
     let alt_svc = alt_svc(local_addr.port(), &plan);
     let steering_key = cpu as u16;
     let endpoint = Endpoint::new(

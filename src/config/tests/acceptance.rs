@@ -185,3 +185,39 @@ fn redirect_listens_on_the_listen_address_unless_told_otherwise() {
         Some("[::1]:8080".parse().unwrap())
     );
 }
+
+#[test]
+fn sni_certificates_serve_the_names_in_them_unless_hosts_are_given() {
+    let s = Scratch::new();
+    let other =
+        crate::selfsigned::generate_for(&s.dir.join("other"), &["a.test", "b.test"]).unwrap();
+    let tls = s.tls_line();
+    let text = edit(
+        &s.minimal(),
+        &tls,
+        &format!(
+            "{tls}\ncertificates = [{{ cert = \"{c}\", key = \"{k}\" }}]",
+            c = other.cert_chain.display(),
+            k = other.private_key.display()
+        ),
+    );
+    let plan = s.parse(&text).unwrap().plan();
+    for name in ["a.test", "B.test"] {
+        let served = plan.sni.lookup(name).expect(name);
+        assert_eq!(served.cert_path(), other.cert_chain);
+    }
+    assert!(plan.sni.lookup("c.test").is_none());
+    let text = edit(
+        &s.minimal(),
+        &tls,
+        &format!(
+            "{tls}\ncertificates = [{{ cert = \"{c}\", key = \"{k}\", hosts = [\"*.c.test\"] }}]",
+            c = other.cert_chain.display(),
+            k = other.private_key.display()
+        ),
+    );
+    let plan = s.parse(&text).unwrap().plan();
+    assert!(plan.sni.lookup("a.test").is_none());
+    assert!(plan.sni.lookup("www.c.test").is_some());
+    assert!(s.parse(&s.minimal()).unwrap().plan().sni.is_empty());
+}

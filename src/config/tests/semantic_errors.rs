@@ -565,3 +565,73 @@ fn redirect_port_must_not_be_the_tls_port_and_address_must_be_an_ip() {
         "`web.example` is not an IP address",
     );
 }
+
+/// `[[listen.certificates]]` entries appended to the minimal file's `[listen]` table.
+fn with_certificates(s: &Scratch, entries: &str) -> String {
+    let tls = s.tls_line();
+    edit(&s.minimal(), &tls, &format!("{tls}\n{entries}"))
+}
+
+fn entry(cert: &std::path::Path, key: &std::path::Path, hosts: Option<&str>) -> String {
+    let hosts = hosts.map(|h| format!(", hosts = {h}")).unwrap_or_default();
+    format!(
+        "certificates = [{{ cert = \"{}\", key = \"{}\"{hosts} }}]",
+        cert.display(),
+        key.display()
+    )
+}
+
+#[test]
+fn sni_certificate_problems_name_their_entry() {
+    let s = Scratch::new();
+    let other = crate::selfsigned::generate_for(&s.dir.join("other"), &["other.test"]).unwrap();
+    let ip_only = crate::selfsigned::generate_for(&s.dir.join("ip"), &["192.0.2.1"]).unwrap();
+
+    let mismatch = with_certificates(&s, &entry(&other.cert_chain, &s.certs.private_key, None));
+    assert_problem(
+        &s.problems(&mismatch),
+        "listen.certificates[0].key",
+        "does not belong to the certificate",
+    );
+    let missing = with_certificates(
+        &s,
+        &entry(&s.dir.join("nope.pem"), &other.private_key, None),
+    );
+    assert_problem(
+        &s.problems(&missing),
+        "listen.certificates[0].cert",
+        "cannot read",
+    );
+    let nameless = with_certificates(&s, &entry(&ip_only.cert_chain, &ip_only.private_key, None));
+    assert_problem(
+        &s.problems(&nameless),
+        "listen.certificates[0].hosts",
+        "the certificate names no DNS host",
+    );
+    let bad_host = with_certificates(
+        &s,
+        &entry(
+            &other.cert_chain,
+            &other.private_key,
+            Some("[\"ok.test\", \"no spaces\"]"),
+        ),
+    );
+    assert_problem(
+        &s.problems(&bad_host),
+        "listen.certificates[0].hosts",
+        "`no spaces` is not a host name",
+    );
+    let twice = with_certificates(
+        &s,
+        &format!(
+            "certificates = [{{ cert = \"{c}\", key = \"{k}\" }}, {{ cert = \"{c}\", key = \"{k}\", hosts = [\"OTHER.test\"] }}]",
+            c = other.cert_chain.display(),
+            k = other.private_key.display()
+        ),
+    );
+    assert_problem(
+        &s.problems(&twice),
+        "listen.certificates[1].hosts",
+        "`other.test` is already served by listen.certificates[0]",
+    );
+}

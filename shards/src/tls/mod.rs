@@ -6,6 +6,10 @@
 //! parsed certificates and key are reference-counted BoringSSL objects, shared by the shards'
 //! own TLS contexts ([`crate::quic::config`]).
 
+mod sni;
+
+pub use sni::SniCertificates;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +28,8 @@ struct Parsed {
     key: PKey<Private>,
     /// The same pair for rustls, which serves the TCP listener.
     certified: Arc<rustls::sign::CertifiedKey>,
+    /// The DNS names in the leaf's subjectAltName, lowercase.
+    names: Vec<String>,
     cert_path: PathBuf,
     key_path: PathBuf,
 }
@@ -96,11 +102,22 @@ impl TlsIdentity {
             });
         }
         let certified = Arc::new(certified_key(chain_pem, key_pem, cert_path, key_path)?);
+        let names = chain[0]
+            .subject_alt_names()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|name| name.dnsname())
+                    .map(str::to_ascii_lowercase)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(TlsIdentity {
             inner: Arc::new(Parsed {
                 chain,
                 key,
                 certified,
+                names,
                 cert_path: cert_path.to_path_buf(),
                 key_path: key_path.to_path_buf(),
             }),
@@ -119,6 +136,11 @@ impl TlsIdentity {
     /// The chain and signing key as rustls takes them.
     pub fn certified_key(&self) -> Arc<rustls::sign::CertifiedKey> {
         self.inner.certified.clone()
+    }
+
+    /// The DNS names the leaf certificate is valid for (its subjectAltName entries).
+    pub fn names(&self) -> &[String] {
+        &self.inner.names
     }
 
     /// Where the certificate chain was read from.
@@ -158,30 +180,40 @@ fn certified_key(
 pub const TCP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The rustls server configuration of the TCP listener: TLS 1.2 and 1.3 with the ring
-/// provider, ALPN [`TCP_ALPN`], serving `identity`. Each shard builds its own, so the session
-/// cache inside it is never shared between cores.
+/// provider, ALPN [`TCP_ALPN`], serving the certificate `sni` names for the client's SNI, else
+/// `default`. Each shard builds its own, so the session cache inside it is never shared between
+/// cores.
 pub fn tcp_server_config(
-    identity: &TlsIdentity,
+    default: &TlsIdentity,
+    sni: &SniCertificates,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = ByServerName {
+        default: default.certified_key(),
+        sni: sni.clone(),
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(FixedCertificate(identity.certified_key())));
+        .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = TCP_ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
-/// Serves one certificate to every client, with or without SNI.
+/// Picks the certificate by SNI, as the QUIC listener does.
 #[derive(Debug)]
-struct FixedCertificate(Arc<rustls::sign::CertifiedKey>);
+struct ByServerName {
+    default: Arc<rustls::sign::CertifiedKey>,
+    sni: SniCertificates,
+}
 
-impl rustls::server::ResolvesServerCert for FixedCertificate {
+impl rustls::server::ResolvesServerCert for ByServerName {
     fn resolve(
         &self,
-        _hello: rustls::server::ClientHello<'_>,
+        hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.clone())
+        let chosen = hello.server_name().and_then(|name| self.sni.lookup(name));
+        Some(chosen.map_or_else(|| self.default.clone(), TlsIdentity::certified_key))
     }
 }
 
