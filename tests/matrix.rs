@@ -46,19 +46,31 @@ fn matrix_runs_every_scenario_and_writes_the_report() {
         let start = report
             .find(&heading)
             .unwrap_or_else(|| panic!("{section} missing"));
-        let spooky_row = report[start..]
-            .lines()
-            .find(|l| l.starts_with("| spooky |"))
-            .unwrap_or_else(|| panic!("no spooky row in {section}"));
-        let cells: Vec<&str> = spooky_row.split('|').map(str::trim).collect();
-        assert_eq!(cells[3], "0", "errors in {section}: {spooky_row}");
-        if section != "idle-connections" {
-            assert_ne!(
-                cells[2], "0",
-                "nothing completed in {section}: {spooky_row}"
+        let table = &report[start + heading.len()..];
+        let table = &table[..table.find("\n## ").unwrap_or(table.len())];
+        // HTTP/3 everywhere; HTTP/2 over TLS where the scenario is not about QUIC connections.
+        let over_tcp = !matches!(section, "handshakes" | "idle-connections");
+        for (target, expected) in [("spooky", true), ("spooky-h2", over_tcp)] {
+            let row = table
+                .lines()
+                .find(|l| l.starts_with(&format!("| {target} |")));
+            assert_eq!(
+                row.is_some(),
+                expected,
+                "{target} row in {section}:\n{table}"
             );
+            let Some(row) = row else { continue };
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert_eq!(cells[3], "0", "errors in {section}: {row}");
+            if section != "idle-connections" {
+                assert_ne!(cells[2], "0", "nothing completed in {section}: {row}");
+            }
         }
     }
+    assert!(
+        report.contains("over HTTP/2+TLS on TCP (max rate) |"),
+        "{report}"
+    );
     assert!(report.contains("| RSS per idle QUIC connection (40 connections) |"));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();

@@ -1,5 +1,6 @@
-//! The HTTP/2 cleartext loader thread, for the direct-to-backend baseline: the same load as the
-//! HTTP/3 loader, sent straight to an h2c server, so a report can show what a proxy adds.
+//! The HTTP/2 loader thread: cleartext (h2c) for the direct-to-backend baseline, so a report can
+//! show what a proxy adds, or over TLS (`--tcp`) for a proxy's TCP listener; the same load as the
+//! HTTP/3 loader either way.
 //!
 //! Each thread runs a current-thread tokio runtime with its share of connections. Closed loop:
 //! one task per stream slot sends a request as soon as its last one finished. Open loop: a
@@ -173,10 +174,29 @@ async fn connect(plan: &ThreadPlan) -> Result<SendRequest<Bytes>, LoadError> {
         .map_err(LoadError::io(format!("connect {server}")))?;
     tcp.set_nodelay(true)
         .map_err(LoadError::io("TCP_NODELAY"))?;
-    let (sender, connection) = h2::client::Builder::new()
+    let mut builder = h2::client::Builder::new();
+    builder
         .initial_window_size(16 * 1024 * 1024)
-        .initial_connection_window_size(64 * 1024 * 1024)
-        .handshake::<_, Bytes>(tcp)
+        .initial_connection_window_size(64 * 1024 * 1024);
+    if !plan.target.tls {
+        let (sender, connection) = builder
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .map_err(|source| LoadError::Http2 { server, source })?;
+        tokio::task::spawn_local(async move {
+            let _ = connection.await;
+        });
+        return Ok(sender);
+    }
+    let config = super::tls::client_config(&plan.options.verify).map_err(LoadError::options)?;
+    let name = rustls_pki_types::ServerName::try_from(plan.target.host.clone())
+        .map_err(|e| LoadError::options(format!("{}: {e}", plan.target.host)))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(LoadError::io(format!("TLS handshake with {server}")))?;
+    let (sender, connection) = builder
+        .handshake::<_, Bytes>(tls)
         .await
         .map_err(|source| LoadError::Http2 { server, source })?;
     tokio::task::spawn_local(async move {
@@ -204,7 +224,16 @@ async fn request(shared: &Shared, sender: SendRequest<Bytes>, path: &str) -> Res
     let options = &shared.plan.options;
     let mut builder = http::Request::builder()
         .method(options.method.as_str())
-        .uri(format!("http://{}{}", shared.plan.target.authority, path));
+        .uri(format!(
+            "{}://{}{}",
+            if shared.plan.target.tls {
+                "https"
+            } else {
+                "http"
+            },
+            shared.plan.target.authority,
+            path
+        ));
     for (name, value) in &options.headers {
         builder = builder.header(name.as_str(), value.as_str());
     }

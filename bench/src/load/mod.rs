@@ -13,6 +13,7 @@ mod h3;
 mod poller;
 pub mod schedule;
 pub mod stats;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -59,6 +60,9 @@ pub struct LoadOptions {
     /// Open a connection, complete the handshake, close; repeat.
     #[arg(long)]
     pub handshake_only: bool,
+    /// With an https:// URL: HTTP/2 over TLS on TCP (what a browser uses first) instead of HTTP/3.
+    #[arg(long)]
+    pub tcp: bool,
     /// Open every connection, then hold them idle this long (seconds).
     #[arg(long, value_name = "S", value_parser = parse_seconds)]
     pub idle_hold: Option<Duration>,
@@ -113,6 +117,7 @@ impl LoadOptions {
             paths: Vec::new(),
             headers: Vec::new(),
             handshake_only: false,
+            tcp: false,
             idle_hold: None,
             threads: default_threads(),
             warmup: None,
@@ -145,6 +150,8 @@ pub struct LoadReport {
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
     pub http3: bool,
+    /// HTTP/2 over TLS (`--tcp`) rather than cleartext.
+    pub tls: bool,
     pub server: SocketAddr,
     pub host: String,
     pub authority: String,
@@ -152,7 +159,7 @@ pub(crate) struct Target {
 }
 
 fn parse_target(options: &LoadOptions) -> Result<Target, LoadError> {
-    let (http3, rest) = if let Some(rest) = options.url.strip_prefix("https://") {
+    let (https, rest) = if let Some(rest) = options.url.strip_prefix("https://") {
         (true, rest)
     } else if let Some(rest) = options.url.strip_prefix("http://") {
         (false, rest)
@@ -181,7 +188,8 @@ fn parse_target(options: &LoadOptions) -> Result<Target, LoadError> {
         options.paths.clone()
     };
     Ok(Target {
-        http3,
+        http3: https && !options.tcp,
+        tls: https && options.tcp,
         server,
         host,
         authority: authority.to_string(),
@@ -331,8 +339,13 @@ fn validate(options: &LoadOptions) -> Result<(), LoadError> {
             "--idle-hold opens connections and holds them; drop --rate/--handshake-only",
         ));
     }
+    if options.tcp && !options.url.starts_with("https://") {
+        return Err(LoadError::options(
+            "--tcp needs an https:// URL (HTTP/2 over TLS); http:// is already TCP",
+        ));
+    }
     if (options.handshake_only || options.idle_hold.is_some())
-        && !options.url.starts_with("https://")
+        && (!options.url.starts_with("https://") || options.tcp)
     {
         return Err(LoadError::options(
             "--handshake-only and --idle-hold need an https:// (HTTP/3) URL",

@@ -43,6 +43,8 @@ struct Scenario {
     /// Whether the direct-to-backend row applies (it cannot do QUIC handshakes or hold QUIC
     /// connections).
     direct: bool,
+    /// Whether Spooky is also measured over HTTP/2 on its TCP+TLS listener (`spooky-h2`).
+    tcp: bool,
     options: Box<dyn Fn(&str) -> LoadOptions>,
 }
 
@@ -106,9 +108,24 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
 
     let threads = options.load_cpus.len().max(1);
     let duration = options.duration;
-    let mut proxies: Vec<&Server> = vec![&spooky];
+    let mut proxies = vec![
+        Endpoint {
+            name: spooky.name,
+            server: &spooky,
+            tcp: false,
+        },
+        Endpoint {
+            name: "spooky-h2",
+            server: &spooky,
+            tcp: true,
+        },
+    ];
     if let Some(caddy) = &caddy {
-        proxies.push(caddy);
+        proxies.push(Endpoint {
+            name: caddy.name,
+            server: caddy,
+            tcp: false,
+        });
     }
 
     let mut sections = Vec::new();
@@ -119,6 +136,7 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
                       the target answers."
             .into(),
         direct: true,
+        tcp: true,
         options: Box::new(move |url| {
             load_options(url, "/bytes/1024", threads, 32, 8, Some(duration), None)
         }),
@@ -140,6 +158,7 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
                  omission."
             ),
             direct: true,
+            tcp: true,
             options: Box::new(move |url| {
                 load_options(
                     url,
@@ -157,6 +176,7 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
             description: "100 MB GET responses, one at a time on one connection, 3 requests."
                 .into(),
             direct: true,
+            tcp: true,
             options: Box::new(|url| {
                 let mut o = load_options(url, "/bytes/104857600", 1, 1, 1, None, None);
                 o.requests = Some(3);
@@ -169,6 +189,7 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
                           requests."
                 .into(),
             direct: true,
+            tcp: true,
             options: Box::new(|url| {
                 let mut o = load_options(url, "/bytes/0", 1, 1, 1, None, None);
                 o.requests = Some(10);
@@ -183,6 +204,7 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
                           connection slots. The request columns count handshakes."
                 .into(),
             direct: false,
+            tcp: false,
             options: Box::new(move |url| {
                 let mut o = load_options(url, "/", threads, 16, 1, Some(duration), None);
                 o.handshake_only = true;
@@ -200,6 +222,7 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
             "{idle_count} QUIC connections opened and held idle; RSS growth per connection."
         ),
         direct: false,
+        tcp: false,
         options: Box::new(move |url| {
             let mut o = load_options(url, "/", threads, idle_count, 1, None, None);
             o.idle_hold = Some(Duration::from_secs(3));
@@ -246,16 +269,38 @@ fn load_options(
     o
 }
 
+/// A report row's target: a proxy, reached over HTTP/3 or over its TCP+TLS listener.
+struct Endpoint<'a> {
+    name: &'static str,
+    server: &'a Server,
+    tcp: bool,
+}
+
+impl Endpoint<'_> {
+    fn options(&self, scenario: &Scenario) -> LoadOptions {
+        let mut options = (scenario.options)(&self.server.url);
+        options.tcp = self.tcp;
+        options
+    }
+}
+
 /// Runs one scenario against each proxy and, where it applies, the backend directly.
-fn measure(scenario: &Scenario, proxies: &[&Server], backend: &Server) -> Result<Section, String> {
+fn measure(
+    scenario: &Scenario,
+    proxies: &[Endpoint<'_>],
+    backend: &Server,
+) -> Result<Section, String> {
     let mut rows = Vec::new();
     for proxy in proxies {
+        if proxy.tcp && !scenario.tcp {
+            continue;
+        }
         eprintln!("{}: {}", scenario.name, proxy.name);
-        let pid = proxy.pid();
-        warm_up(scenario, &proxy.url)?;
+        let pid = proxy.server.pid();
+        warm_up(proxy.options(scenario))?;
         let cpu_before = procfs::cpu_seconds(&pid.to_string()).map_err(|e| e.to_string())?;
         let rss_before = procfs::rss_bytes(&pid.to_string()).ok();
-        let result = load::run(&(scenario.options)(&proxy.url)).map_err(|e| e.to_string())?;
+        let result = load::run(&proxy.options(scenario)).map_err(|e| e.to_string())?;
         let cpu_after = procfs::cpu_seconds(&pid.to_string()).map_err(|e| e.to_string())?;
         let rss_after = procfs::rss_bytes(&pid.to_string()).ok();
         let mut row = row_from(proxy.name, &result);
@@ -266,7 +311,7 @@ fn measure(scenario: &Scenario, proxies: &[&Server], backend: &Server) -> Result
     }
     if scenario.direct {
         eprintln!("{}: direct", scenario.name);
-        warm_up(scenario, &backend.url)?;
+        warm_up((scenario.options)(&backend.url))?;
         let result = load::run(&(scenario.options)(&backend.url)).map_err(|e| e.to_string())?;
         rows.push(row_from("direct", &result));
     }
@@ -279,8 +324,7 @@ fn measure(scenario: &Scenario, proxies: &[&Server], backend: &Server) -> Result
 
 /// One unmeasured second of the scenario's load, so that connection pools, caches and the
 /// congestion window are warm when measuring starts (timed scenarios only).
-fn warm_up(scenario: &Scenario, url: &str) -> Result<(), String> {
-    let mut options = (scenario.options)(url);
+fn warm_up(mut options: LoadOptions) -> Result<(), String> {
     if options.duration.is_none() || options.handshake_only {
         return Ok(());
     }

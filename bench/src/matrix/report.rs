@@ -131,6 +131,18 @@ fn summary(out: &mut String, sections: &[Section]) {
                 "| Spooky CPU per 1 KiB request (max rate) | {} µs |",
                 opt(spooky.cpu_us_per_request(), 1)
             );
+            if let Some(tcp) = small.row("spooky-h2") {
+                let ratio = tcp
+                    .cpu_us_per_request()
+                    .zip(spooky.cpu_us_per_request())
+                    .map(|(t, s)| t / s);
+                let _ = writeln!(
+                    out,
+                    "| Spooky CPU per 1 KiB request over HTTP/2+TLS on TCP (max rate) | {} µs ({}× HTTP/3's) |",
+                    opt(tcp.cpu_us_per_request(), 1),
+                    opt(ratio, 2)
+                );
+            }
             if let Some(caddy) = small.row("caddy") {
                 let ratio = caddy
                     .cpu_us_per_request()
@@ -172,6 +184,13 @@ fn summary(out: &mut String, sections: &[Section]) {
                 "| 100 MB download: Gbit/s per second of proxy CPU | {} |",
                 opt(spooky.gbit_per_cpu_second(), 2)
             );
+            if let Some(tcp) = download.row("spooky-h2") {
+                let _ = writeln!(
+                    out,
+                    "| 100 MB download over HTTP/2+TLS: Gbit/s per second of proxy CPU | {} |",
+                    opt(tcp.gbit_per_cpu_second(), 2)
+                );
+            }
         }
     }
     if let Some(idle) = find("idle-connections") {
@@ -220,6 +239,7 @@ mod tests {
                 description: "d".into(),
                 rows: vec![
                     row("spooky", 100_000, Some(2.0), 100.0),
+                    row("spooky-h2", 100_000, Some(3.0), 100.0),
                     row("caddy", 50_000, Some(4.0), 200.0),
                 ],
             },
@@ -242,6 +262,10 @@ mod tests {
         // 20 µs vs 80 µs per request: a ratio of 4.
         assert!(
             text.contains("| Spooky CPU per 1 KiB request (max rate) | 20.0 µs |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("over HTTP/2+TLS on TCP (max rate) | 30.0 µs (1.50× HTTP/3's) |"),
             "{text}"
         );
         assert!(
