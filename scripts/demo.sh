@@ -26,6 +26,9 @@ echo
 echo "\$ target/release/spooky-bench get --include --ca $ca https://localhost:$port/hello"
 target/release/spooky-bench get --include --ca "$ca" "https://localhost:$port/hello"
 echo
+echo "\$ target/release/spooky-bench get --tcp --include --ca $ca https://localhost:$port/hello"
+target/release/spooky-bench get --tcp --include --ca "$ca" "https://localhost:$port/hello"
+echo
 echo "Spooky keeps running (pid $spooky_pid); press Ctrl-C to stop."
 tail -n +1 -f "$log" --pid "$spooky_pid" | sed -n '/Stop with Ctrl-C/,$p' | tail -n +2 &
 wait "$spooky_pid"

@@ -80,10 +80,14 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
     let guide = format!(
         "Spooky demo is running.\n\
          \x20 HTTP/3 listener: https://localhost:{port}/ (UDP 127.0.0.1:{port})\n\
+         \x20 HTTP/2 and HTTP/1.1 over TLS: the same URL (TCP 127.0.0.1:{port})\n\
          \x20 built-in HTTP/2 backend: {backend}\n\
          \x20 CA certificate to trust: {}\n\
          Try: {} get --ca {} https://localhost:{port}/hello\n\
+         Over TCP: {} get --tcp --include --ca {} https://localhost:{port}/hello\n\
          Stop with Ctrl-C.",
+        certs.ca.display(),
+        bench_command(),
         certs.ca.display(),
         bench_command(),
         certs.ca.display(),

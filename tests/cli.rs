@@ -175,8 +175,30 @@ fn demo_starts_quietly_and_its_suggested_command_works() {
         .current_dir(repo)
         .output()
         .expect("run the suggested command");
+    // The same request over TCP: HTTP/2 on TLS, with the Alt-Svc that points at HTTP/3.
+    let over_tcp = output
+        .iter()
+        .find_map(|l| l.strip_prefix("Over TCP: "))
+        .unwrap_or_else(|| panic!("no TCP command:\n{text}"));
+    let words: Vec<&str> = over_tcp.split_whitespace().collect();
+    let tcp_run = Command::new(words[0])
+        .args(&words[1..])
+        .current_dir(repo)
+        .output()
+        .expect("run the TCP command");
     let _ = demo.kill();
     let _ = demo.wait();
     assert!(run.status.success(), "{suggested}: {run:?}");
     assert!(!run.stdout.is_empty(), "{suggested}: empty response");
+    assert!(tcp_run.status.success(), "{over_tcp}: {tcp_run:?}");
+    let shown = String::from_utf8_lossy(&tcp_run.stdout);
+    assert!(shown.starts_with("HTTP/2 200\n"), "{shown}");
+    assert!(
+        shown.contains(&format!("alt-svc: h3=\":{port}\"; ma=86400\n")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("Hello from Spooky's built-in demo backend."),
+        "{shown}"
+    );
 }

@@ -75,6 +75,9 @@ struct GetArgs {
     /// Print the response head on stdout before the body.
     #[arg(short, long)]
     include: bool,
+    /// HTTP/2 over TLS on TCP (what a browser uses first) instead of HTTP/3.
+    #[arg(long)]
+    tcp: bool,
 }
 
 #[derive(clap::Args)]
@@ -191,6 +194,10 @@ fn get(args: GetArgs) -> Result<(), Failure> {
         .verify()
         .ok_or_else(|| Failure::Usage("give --ca FILE (or --insecure)".into()))?;
     let server = resolve(&host, port)?;
+    if args.tcp {
+        let response = get_over_tcp(&args, server, &host, port, &path, &verify)?;
+        return print_response(&args, &response, "HTTP/2");
+    }
     let mut client = H3Client::connect(ClientOptions {
         server,
         server_name: host.clone(),
@@ -198,17 +205,119 @@ fn get(args: GetArgs) -> Result<(), Failure> {
         timeout: Duration::from_secs(30),
     })
     .map_err(|e| Failure::Run(format!("connecting to {server}: {e}")))?;
-    let body = args.data_file.map_or(Body::Empty, Body::File);
+    let body = args.data_file.clone().map_or(Body::Empty, Body::File);
     let mut request = Request::new(&args.method, &path).body(body);
     if port != 443 {
         request.authority = Some(format!("{host}:{port}"));
     }
-    request.headers = args.headers;
+    request.headers = args.headers.clone();
     let response = client
         .request(request)
         .map_err(|e| Failure::Run(format!("{} {}: {e}", args.method, args.url)))?;
-    let mut head = format!("HTTP/3 {}\n", response.status);
-    for (name, value) in &response.headers {
+    let response = (
+        response.status,
+        response.headers,
+        response.body,
+        response.trailers,
+    );
+    print_response(&args, &response, "HTTP/3")?;
+    client.close();
+    Ok(())
+}
+
+type Fields = Vec<(String, String)>;
+
+fn fields(map: &http::HeaderMap) -> Fields {
+    map.iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// One request over HTTP/2 on TLS (ALPN `h2`), on a current-thread tokio runtime.
+fn get_over_tcp(
+    args: &GetArgs,
+    server: std::net::SocketAddr,
+    host: &str,
+    port: u16,
+    path: &str,
+    verify: &spooky_bench::client::Verify,
+) -> Result<(u16, Fields, Vec<u8>, Fields), Failure> {
+    let run = |e: String| Failure::Run(format!("{} {}: {e}", args.method, args.url));
+    let upload = match &args.data_file {
+        Some(file) => std::fs::read(file)
+            .map_err(|e| Failure::Run(format!("reading {}: {e}", file.display())))?,
+        None => Vec::new(),
+    };
+    let config = spooky_bench::load::tls_client_config(verify).map_err(Failure::Usage)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| run(e.to_string()))?;
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(server)
+            .await
+            .map_err(|e| run(format!("connecting to {server}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| Failure::Usage(format!("{host}: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| run(format!("TLS handshake with {server}: {e}")))?;
+        let (sender, connection) = h2::client::handshake(tls)
+            .await
+            .map_err(|e| run(e.to_string()))?;
+        tokio::spawn(connection);
+        let mut sender = sender.ready().await.map_err(|e| run(e.to_string()))?;
+        let mut request = http::Request::builder()
+            .method(args.method.as_str())
+            .uri(format!("https://{host}:{port}{path}"));
+        for (name, value) in &args.headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(())
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        let (response, mut send) = sender
+            .send_request(request, upload.is_empty())
+            .map_err(|e| run(e.to_string()))?;
+        if !upload.is_empty() {
+            send.send_data(bytes::Bytes::from(upload), true)
+                .map_err(|e| run(e.to_string()))?;
+        }
+        let response = response.await.map_err(|e| run(e.to_string()))?;
+        let status = response.status().as_u16();
+        let headers = fields(response.headers());
+        let mut received = response.into_body();
+        let mut body = Vec::new();
+        while let Some(chunk) = received.data().await {
+            let chunk = chunk.map_err(|e| run(e.to_string()))?;
+            let _ = received.flow_control().release_capacity(chunk.len());
+            body.extend_from_slice(&chunk);
+        }
+        let trailers = received.trailers().await.map_err(|e| run(e.to_string()))?;
+        Ok((
+            status,
+            headers,
+            body,
+            trailers.as_ref().map(fields).unwrap_or_default(),
+        ))
+    })
+}
+
+/// Writes the head (with `--include`, else to stderr), the body and any trailers.
+fn print_response(
+    args: &GetArgs,
+    (status, headers, body, trailers): &(u16, Fields, Vec<u8>, Fields),
+    protocol: &str,
+) -> Result<(), Failure> {
+    let mut head = format!("{protocol} {status}\n");
+    for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\n"));
     }
     let stdout = std::io::stdout();
@@ -222,15 +331,14 @@ fn get(args: GetArgs) -> Result<(), Failure> {
     } else {
         eprint!("{head}");
     }
-    match args.output {
-        Some(path) => std::fs::write(&path, &response.body)
+    match &args.output {
+        Some(path) => std::fs::write(path, body)
             .map_err(|e| Failure::Run(format!("writing {}: {e}", path.display())))?,
-        None => write(&mut stdout, &response.body)?,
+        None => write(&mut stdout, body)?,
     }
-    for (name, value) in &response.trailers {
+    for (name, value) in trailers {
         eprintln!("trailer {name}: {value}");
     }
-    client.close();
     Ok(())
 }
 

@@ -15,6 +15,8 @@ pub mod schedule;
 pub mod stats;
 mod tls;
 
+pub use tls::client_config as tls_client_config;
+
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
