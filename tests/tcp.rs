@@ -173,6 +173,16 @@ fn http1_over_tls_keeps_alive_streams_both_ways_and_strips_hop_by_hop_fields() {
     });
 }
 
+/// Everything the peer sends until it closes the connection, within 30 s.
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut wire = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut wire))
+        .await
+        .expect("the proxy answered and closed within 30 s")
+        .unwrap();
+    wire
+}
+
 /// One HTTP/1.1 response read off the wire by [`read_responses`].
 struct WireResponse {
     status: u16,
@@ -247,11 +257,7 @@ fn http1_pipelined_requests_are_answered_in_order_and_expect_100_continue_is_hon
             ));
         }
         tls.write_all(pipelined.as_bytes()).await.unwrap();
-        let mut wire = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut wire))
-            .await
-            .expect("responses within 30 s")
-            .unwrap();
+        let wire = read_until_closed(&mut tls).await;
         let responses = read_responses(&wire);
         assert_eq!(responses.len(), 3);
         for (response, size) in responses.iter().zip(sizes) {
@@ -289,11 +295,7 @@ fn http1_pipelined_requests_are_answered_in_order_and_expect_100_continue_is_hon
         }
         assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
         tls.write_all(b"hello world").await.unwrap();
-        let mut wire = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut wire))
-            .await
-            .expect("response within 10 s")
-            .unwrap();
+        let wire = read_until_closed(&mut tls).await;
         let responses = read_responses(&wire);
         assert_eq!(responses.len(), 1);
         assert_eq!(responses[0].status, 200);
@@ -311,11 +313,7 @@ fn a_client_without_alpn_is_served_http1() {
         tls.write_all(b"GET /bytes/5 HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
-        let mut wire = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut wire))
-            .await
-            .expect("response within 10 s")
-            .unwrap();
+        let wire = read_until_closed(&mut tls).await;
         let responses = read_responses(&wire);
         assert_eq!(responses.len(), 1);
         assert_eq!(responses[0].status, 200);
@@ -437,11 +435,7 @@ fn the_redirect_listener_answers_308_to_the_https_url() {
             )
             .await
             .unwrap();
-        let mut wire = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut wire))
-            .await
-            .expect("responses within 10 s")
-            .unwrap();
+        let wire = read_until_closed(&mut plain).await;
         let responses = read_responses(&wire);
         assert_eq!(responses.len(), 2);
         let targets = [
@@ -461,11 +455,7 @@ fn the_redirect_listener_answers_308_to_the_https_url() {
 
         let mut plain = tokio::net::TcpStream::connect(redirect).await.unwrap();
         plain.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-        let mut wire = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut wire))
-            .await
-            .expect("response within 10 s")
-            .unwrap();
+        let wire = read_until_closed(&mut plain).await;
         assert_eq!(read_responses(&wire)[0].status, 400);
     });
     assert_eq!(proxy.running.shard_stats()[0].redirects.get(), 3);

@@ -13,13 +13,13 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, Bytes};
-use http::header::{HeaderName, ALT_SVC, TE};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
 
-use crate::http::{Abort, BodyRead, Downstream, ReadError, Sent, StreamGone, CONNECTION_SPECIFIC};
+use crate::http::response::tcp_client_fields;
+use crate::http::{Abort, BodyRead, Downstream, Leftover, ReadError, Sent, StreamGone};
 
 /// The response ended before it was complete; hyper then closes the connection, the only way
 /// HTTP/1.1 has to tell a client that a response is cut short.
@@ -79,7 +79,7 @@ pub struct H1Stream {
     channel: Shared,
     body: RefCell<Incoming>,
     /// What is left of the last body chunk after a short read.
-    unread: RefCell<Bytes>,
+    unread: Leftover,
 }
 
 /// hyper's side: resolves to the response once the proxy sent its head.
@@ -117,7 +117,7 @@ impl H1Stream {
             alt_svc,
             channel: channel.clone(),
             body: RefCell::new(body),
-            unread: RefCell::new(Bytes::new()),
+            unread: Leftover::default(),
         };
         (stream, PendingResponse { channel })
     }
@@ -146,12 +146,6 @@ impl H1Stream {
     }
 }
 
-/// Fields a proxy must not pass to an HTTP/1.1 client: the backend's connection-specific ones
-/// (hyper writes its own framing and `Connection`), and `te`, which is a request field.
-fn forbidden_in_response(name: &HeaderName) -> bool {
-    *name == TE || CONNECTION_SPECIFIC.contains(&name.as_str().as_bytes())
-}
-
 impl Downstream for H1Stream {
     fn protocol(&self) -> crate::http::Protocol {
         crate::http::Protocol::Http1
@@ -169,15 +163,7 @@ impl Downstream for H1Stream {
         let (mut parts, ()) = Response::new(()).into_parts();
         parts.status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
         parts.version = Version::HTTP_11;
-        parts.headers.reserve(headers.len() + 1);
-        for (name, value) in headers {
-            if !forbidden_in_response(name) {
-                parts.headers.append(name.clone(), value.clone());
-            }
-        }
-        if let Some(alt_svc) = &self.alt_svc {
-            parts.headers.insert(ALT_SVC, alt_svc.clone());
-        }
+        parts.headers = tcp_client_fields(headers, self.alt_svc.as_ref());
         let mut channel = self.channel.borrow_mut();
         if channel.client_gone || !matches!(channel.head, Head::Waiting) {
             return Err(StreamGone);
@@ -206,12 +192,7 @@ impl Downstream for H1Stream {
     }
 
     async fn send_trailers(&self, trailers: &HeaderMap) -> Sent {
-        let mut forwarded = HeaderMap::with_capacity(trailers.len());
-        for (name, value) in trailers {
-            if !forbidden_in_response(name) {
-                forwarded.append(name.clone(), value.clone());
-            }
-        }
+        let forwarded = tcp_client_fields(trailers, None);
         // hyper writes only the trailer fields the response head announced in `Trailer`, and
         // only in a chunked body (RFC 9112 §7.1.2); the rest are dropped, as RFC 9110 §6.5.1
         // allows.
@@ -219,14 +200,8 @@ impl Downstream for H1Stream {
     }
 
     async fn read_body(&self, buf: &mut [u8]) -> Result<BodyRead, ReadError> {
-        {
-            let mut unread = self.unread.borrow_mut();
-            if !unread.is_empty() {
-                let n = unread.len().min(buf.len());
-                buf[..n].copy_from_slice(&unread[..n]);
-                unread.advance(n);
-                return Ok(BodyRead::Data(n));
-            }
+        if let Some(n) = self.unread.take(buf) {
+            return Ok(BodyRead::Data(n));
         }
         loop {
             let frame = poll_fn(|cx| Pin::new(&mut *self.body.borrow_mut()).poll_frame(cx)).await;
@@ -237,12 +212,7 @@ impl Downstream for H1Stream {
             };
             match frame.into_data() {
                 Ok(data) if data.is_empty() => continue,
-                Ok(data) => {
-                    let n = data.len().min(buf.len());
-                    buf[..n].copy_from_slice(&data[..n]);
-                    *self.unread.borrow_mut() = data.slice(n..);
-                    return Ok(BodyRead::Data(n));
-                }
+                Ok(data) => return Ok(BodyRead::Data(self.unread.fill(data, buf))),
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         return Ok(BodyRead::End(Some(trailers)));

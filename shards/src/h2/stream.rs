@@ -9,13 +9,13 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::task::Poll;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{HeaderName, ALT_SVC, TE};
 use http::{HeaderMap, HeaderValue, Response};
 
-use crate::http::{Abort, BodyRead, Downstream, ReadError, Sent, StreamGone, CONNECTION_SPECIFIC};
+use crate::http::response::tcp_client_fields;
+use crate::http::{Abort, BodyRead, Downstream, Leftover, ReadError, Sent, StreamGone};
 
 enum Sender {
     Head(SendResponse<Bytes>),
@@ -31,7 +31,7 @@ pub struct H2Stream {
     sender: RefCell<Sender>,
     body: RefCell<RecvStream>,
     /// What is left of the last DATA frame after a short read.
-    unread: RefCell<Bytes>,
+    unread: Leftover,
 }
 
 impl H2Stream {
@@ -47,7 +47,7 @@ impl H2Stream {
             alt_svc,
             sender: RefCell::new(Sender::Head(respond)),
             body: RefCell::new(body),
-            unread: RefCell::new(Bytes::new()),
+            unread: Leftover::default(),
         }
     }
 
@@ -91,11 +91,6 @@ impl H2Stream {
     }
 }
 
-/// Fields an HTTP/2 response must not carry (RFC 9113 §8.2.2); `h2` refuses to send them.
-fn forbidden_in_response(name: &HeaderName) -> bool {
-    *name == TE || CONNECTION_SPECIFIC.contains(&name.as_str().as_bytes())
-}
-
 fn reason_for(why: Abort) -> Reason {
     match why {
         Abort::Internal => Reason::INTERNAL_ERROR,
@@ -118,19 +113,12 @@ impl Downstream for H2Stream {
     }
 
     async fn send_head(&self, status: u16, headers: &HeaderMap, end: bool) -> Sent {
+        // Connection-specific fields are forbidden in HTTP/2 (RFC 9113 §8.2.2); `h2` refuses
+        // to send them.
         let mut response = Response::new(());
         *response.status_mut() =
             http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-        let fields = response.headers_mut();
-        fields.reserve(headers.len() + 1);
-        for (name, value) in headers {
-            if !forbidden_in_response(name) {
-                fields.append(name.clone(), value.clone());
-            }
-        }
-        if let Some(alt_svc) = &self.alt_svc {
-            fields.insert(ALT_SVC, alt_svc.clone());
-        }
+        *response.headers_mut() = tcp_client_fields(headers, self.alt_svc.as_ref());
         let mut sender = self.sender.borrow_mut();
         let Sender::Head(respond) = &mut *sender else {
             return Err(StreamGone);
@@ -163,12 +151,7 @@ impl Downstream for H2Stream {
     }
 
     async fn send_trailers(&self, trailers: &HeaderMap) -> Sent {
-        let mut forwarded = HeaderMap::with_capacity(trailers.len());
-        for (name, value) in trailers {
-            if !forbidden_in_response(name) {
-                forwarded.append(name.clone(), value.clone());
-            }
-        }
+        let forwarded = tcp_client_fields(trailers, None);
         let mut sender = self.sender.borrow_mut();
         let Sender::Body(send) = &mut *sender else {
             return Err(StreamGone);
@@ -179,14 +162,8 @@ impl Downstream for H2Stream {
     }
 
     async fn read_body(&self, buf: &mut [u8]) -> Result<BodyRead, ReadError> {
-        {
-            let mut unread = self.unread.borrow_mut();
-            if !unread.is_empty() {
-                let n = unread.len().min(buf.len());
-                buf[..n].copy_from_slice(&unread[..n]);
-                unread.advance(n);
-                return Ok(BodyRead::Data(n));
-            }
+        if let Some(n) = self.unread.take(buf) {
+            return Ok(BodyRead::Data(n));
         }
         let frame = poll_fn(|cx| self.body.borrow_mut().poll_data(cx)).await;
         match frame {
@@ -198,10 +175,7 @@ impl Downstream for H2Stream {
                     .borrow_mut()
                     .flow_control()
                     .release_capacity(data.len());
-                let n = data.len().min(buf.len());
-                buf[..n].copy_from_slice(&data[..n]);
-                *self.unread.borrow_mut() = data.slice(n..);
-                Ok(BodyRead::Data(n))
+                Ok(BodyRead::Data(self.unread.fill(data, buf)))
             }
             Some(Err(_)) => Err(ReadError::Gone),
             None => {

@@ -4,8 +4,10 @@
 //! it; another protocol plugs in the same way without touching [`crate::proxy`]. Methods take
 //! `&self` because a request's upload and download run concurrently against the same stream.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 
+use bytes::{Buf, Bytes};
 use http::HeaderMap;
 
 use super::request::Malformed;
@@ -48,6 +50,33 @@ pub enum Abort {
     Cancelled,
     /// The client's message is malformed (body length mismatch, bad trailers).
     Malformed,
+}
+
+/// What is left of a received body chunk that did not fit the reader's buffer; the next read
+/// takes it first. Protocols whose libraries hand out whole chunks (`h2`, hyper) need it.
+#[derive(Default)]
+pub struct Leftover(RefCell<Bytes>);
+
+impl Leftover {
+    /// Copies leftover bytes into `buf`, if there are any.
+    pub fn take(&self, buf: &mut [u8]) -> Option<usize> {
+        let mut unread = self.0.borrow_mut();
+        if unread.is_empty() {
+            return None;
+        }
+        let n = unread.len().min(buf.len());
+        buf[..n].copy_from_slice(&unread[..n]);
+        unread.advance(n);
+        Some(n)
+    }
+
+    /// Copies what fits of `chunk` into `buf` and keeps the rest.
+    pub fn fill(&self, chunk: Bytes, buf: &mut [u8]) -> usize {
+        let n = chunk.len().min(buf.len());
+        buf[..n].copy_from_slice(&chunk[..n]);
+        *self.0.borrow_mut() = chunk.slice(n..);
+        n
+    }
 }
 
 /// The protocol a request arrived in, as metrics and the access log name it.

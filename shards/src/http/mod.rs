@@ -6,7 +6,9 @@ pub mod downstream;
 pub mod request;
 pub mod response;
 
-pub use downstream::{Abort, BodyRead, Downstream, Protocol, ReadError, Sent, StreamGone};
+pub use downstream::{
+    Abort, BodyRead, Downstream, Leftover, Protocol, ReadError, Sent, StreamGone,
+};
 pub use request::{
     translate_request, translate_request_trailers, ClientInfo, Malformed, RequestHead,
 };

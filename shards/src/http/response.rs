@@ -4,7 +4,8 @@
 //!
 //! Yields borrowed name/value pairs so that a downstream encoder takes them without copies.
 
-use http::HeaderMap;
+use http::header::{ALT_SVC, TE};
+use http::{HeaderMap, HeaderValue};
 
 use super::CONNECTION_SPECIFIC;
 
@@ -40,10 +41,45 @@ pub fn forwardable_fields(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &
         .filter(|(name, _)| !CONNECTION_SPECIFIC.contains(name))
 }
 
+/// A backend's response head or trailers as the header map an HTTP/2 or HTTP/1.1 client gets:
+/// without connection-specific fields or `te` (a request field, which `h2` refuses to send;
+/// hyper writes its own framing), and with the listener's `Alt-Svc` when given.
+pub fn tcp_client_fields(headers: &HeaderMap, alt_svc: Option<&HeaderValue>) -> HeaderMap {
+    let mut fields = HeaderMap::with_capacity(headers.len() + usize::from(alt_svc.is_some()));
+    for (name, value) in headers {
+        if *name != TE && !CONNECTION_SPECIFIC.contains(&name.as_str().as_bytes()) {
+            fields.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(alt_svc) = alt_svc {
+        fields.insert(ALT_SVC, alt_svc.clone());
+    }
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+
+    #[test]
+    fn tcp_clients_get_no_hop_fields_and_the_alt_svc_given() {
+        let mut map = HeaderMap::new();
+        map.append("set-cookie", HeaderValue::from_static("a=1"));
+        map.append("set-cookie", HeaderValue::from_static("b=2"));
+        map.insert("te", HeaderValue::from_static("trailers"));
+        map.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        map.insert("alt-svc", HeaderValue::from_static("h2=\":9\""));
+        let alt_svc = HeaderValue::from_static("h3=\":443\"; ma=60");
+        let fields = tcp_client_fields(&map, Some(&alt_svc));
+        let cookies: Vec<_> = fields.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert!(fields.get("te").is_none() && fields.get("keep-alive").is_none());
+        assert_eq!(
+            fields.get_all("alt-svc").iter().collect::<Vec<_>>(),
+            [&alt_svc]
+        );
+        assert_eq!(tcp_client_fields(&map, None)["alt-svc"], "h2=\":9\"");
+    }
 
     #[test]
     fn response_translation_puts_status_first_and_drops_hop_by_hop() {

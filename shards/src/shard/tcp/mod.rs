@@ -43,6 +43,24 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 type Tls = TlsStream<Compat<rt::TcpStream>>;
 
 pub async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
+    accept_until_drain(&shard, listener, "TLS", |stream, registration| {
+        let shard = shard.clone();
+        async move { shard.serve_tcp(stream, registration).await }
+    })
+    .await
+}
+
+/// Accepts connections until the shard drains, registering each and serving it in a task of
+/// its own; then drops the listener.
+async fn accept_until_drain<F, Served>(
+    shard: &Shard,
+    listener: rt::TcpListener,
+    listener_name: &str,
+    serve: F,
+) where
+    F: Fn(rt::TcpStream, Registration) -> Served,
+    Served: Future<Output = ()> + 'static,
+{
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
             shard.tcp.accepting_stopped().await;
@@ -50,21 +68,50 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
         })
         .await;
         match accepted {
-            Some(Ok(stream)) => {
-                let shard = shard.clone();
-                let registration = shard.tcp.register();
-                rt::spawn(async move { shard.serve_tcp(stream, registration).await });
-            }
+            Some(Ok(stream)) => rt::spawn(serve(stream, shard.tcp.register())),
             Some(Err(e)) => {
-                log::warn!("tcp accept: {e}");
+                log::warn!("{listener_name} listener accept: {e}");
                 rt::sleep(ACCEPT_BACKOFF).await;
             }
             None => {
-                log::debug!("shard {}: TCP listener closed for drain", shard.index);
+                log::debug!(
+                    "shard {}: {listener_name} listener closed for drain",
+                    shard.index
+                );
                 return;
             }
         }
     }
+}
+
+/// Drives a hyper HTTP/1.1 connection until it ends or the shard closes it. On drain,
+/// keep-alive goes off: the response in flight carries `Connection: close`, and an idle
+/// connection closes at once.
+async fn drive_http1<I, S, B>(
+    connection: hyper::server::conn::http1::Connection<I, S>,
+    registration: &Registration,
+) -> hyper::Result<()>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connection = pin!(connection);
+    let mut draining = false;
+    poll_fn(|cx| {
+        match registration.poll_signal(cx) {
+            Signal::Close => return Poll::Ready(Ok(())),
+            Signal::Drain if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            Signal::Drain | Signal::Serve => {}
+        }
+        connection.as_mut().poll(cx)
+    })
+    .await
 }
 
 impl Shard {
@@ -185,23 +232,7 @@ impl Shard {
             .header_read_timeout(None)
             .pipeline_flush(true)
             .serve_connection(TokioIo::new(tls), service);
-        let mut connection = pin!(connection);
-        let mut draining = false;
-        let outcome = poll_fn(|cx| {
-            match registration.poll_signal(cx) {
-                Signal::Close => return Poll::Ready(Ok(())),
-                // Keep-alive off: the response in flight carries `Connection: close`, and an
-                // idle connection closes at once.
-                Signal::Drain if !draining => {
-                    draining = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-                Signal::Drain | Signal::Serve => {}
-            }
-            connection.as_mut().poll(cx)
-        })
-        .await;
-        if let Err(e) = outcome {
+        if let Err(e) = drive_http1(connection, registration).await {
             log::debug!("http/1.1 connection from {peer}: {e}");
         }
     }

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::super::Shard;
-use super::registry::{Registration, Signal};
+use super::registry::Registration;
 use crate::rt;
 
 /// Where a plain-HTTP request for `uri` (with `host`) is sent: the same host and target over
@@ -55,25 +55,10 @@ fn respond(request: &Request<Incoming>, https_port: u16) -> Response<String> {
 }
 
 pub async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener, https_port: u16) {
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.tcp.accepting_stopped().await;
-            None
-        })
-        .await;
-        match accepted {
-            Some(Ok(stream)) => {
-                let registration = shard.tcp.register();
-                let stats = shard.stats.clone();
-                rt::spawn(async move { serve(stream, registration, https_port, stats).await });
-            }
-            Some(Err(e)) => {
-                log::warn!("redirect listener accept: {e}");
-                rt::sleep(super::ACCEPT_BACKOFF).await;
-            }
-            None => return,
-        }
-    }
+    super::accept_until_drain(&shard, listener, "redirect", |stream, registration| {
+        serve(stream, registration, https_port, shard.stats.clone())
+    })
+    .await
 }
 
 async fn serve(
@@ -95,21 +80,7 @@ async fn serve(
     let connection = hyper::server::conn::http1::Builder::new()
         .header_read_timeout(None)
         .serve_connection(TokioIo::new(stream.compat()), service);
-    let mut connection = std::pin::pin!(connection);
-    let mut draining = false;
-    let outcome = std::future::poll_fn(|cx| {
-        match registration.poll_signal(cx) {
-            Signal::Close => return std::task::Poll::Ready(Ok(())),
-            Signal::Drain if !draining => {
-                draining = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            Signal::Drain | Signal::Serve => {}
-        }
-        std::future::Future::poll(connection.as_mut(), cx)
-    })
-    .await;
-    if let Err(e) = outcome {
+    if let Err(e) = super::drive_http1(connection, &registration).await {
         log::debug!("redirect connection from {peer:?}: {e}");
     }
 }
