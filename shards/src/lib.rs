@@ -5,7 +5,7 @@
 //! way, down it:
 //!
 //! ```text
-//! shard ─▶ proxy ─▶ { h3, http, upstream, balance } ─▶ quic ─▶ net
+//! shard ─▶ proxy ─▶ { h3, h2, h1, http, upstream, balance } ─▶ quic ─▶ net
 //! ```
 //!
 //! - [`net`]: UDP with GRO/GSO, the `SO_REUSEPORT` group, kernel steering, hand-off between shards;
