@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, free_tcp_port, http_get, parse_prometheus, pool, start_backend, Proxy};
+use common::{eventually, free_port, http_get, parse_prometheus, pool, start_backend, Proxy};
 use serde_json::{json, Value};
 
 /// A ChromeDriver process on a local port, killed when dropped.
@@ -30,7 +30,7 @@ struct Driver {
 
 impl Driver {
     fn start(log: &Path) -> Driver {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new("chromedriver")
             .arg(format!("--port={}", addr.port()))
             .arg(format!("--log-path={}", log.display()))

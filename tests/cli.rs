@@ -126,7 +126,7 @@ fn demo_starts_quietly_and_its_suggested_command_works() {
     use std::sync::mpsc;
 
     let repo = env!("CARGO_MANIFEST_DIR");
-    let port = common::free_udp_port().to_string();
+    let port = common::free_port().to_string();
     let mut demo = Command::new(env!("CARGO_BIN_EXE_spooky"))
         .args(["--demo", "--port", &port])
         .current_dir(repo)

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::SpookyProcess;
-use common::{eventually, free_udp_port, http_get, parse_prometheus, pool, start_backend, Proxy};
+use common::{eventually, free_port, http_get, parse_prometheus, pool, start_backend, Proxy};
 use spooky::ProxySettings;
 use spooky_bench::client::{H3Client, Request};
 
@@ -218,7 +218,7 @@ fn sighup_with_a_broken_config_keeps_serving_the_old_one() {
     let backend = start_backend("sighup");
     let mut process = SpookyProcess::start(
         "sighup-bad",
-        free_udp_port(),
+        free_port(),
         &pool("main", "/", &[&backend], ""),
     );
     std::fs::write(&process.config, "this is = not [valid toml").unwrap();
@@ -247,7 +247,7 @@ fn sigterm_drains_requests_in_flight_and_exits_zero() {
     let backend = start_backend("drain");
     let mut process = SpookyProcess::start(
         "drain",
-        free_udp_port(),
+        free_port(),
         &format!(
             "[runtime]\ndrain_timeout_ms = 20000\n\n{}",
             pool("main", "/", &[&backend], "")
@@ -287,7 +287,7 @@ fn sigterm_drains_requests_in_flight_and_exits_zero() {
 
 #[test]
 fn two_processes_share_one_udp_port_and_both_serve() {
-    let port = free_udp_port();
+    let port = free_port();
     let a = start_backend("process-a");
     let b = start_backend("process-b");
     let certs_dir = common::scratch_dir("share-certs");
@@ -387,7 +387,7 @@ fn json_logs_carry_one_access_line_per_request() {
     let backend = start_backend("logs");
     let process = SpookyProcess::start(
         "json-logs",
-        free_udp_port(),
+        free_port(),
         &format!(
             "[log]\nformat = \"json\"\naccess_log = true\n\n{}",
             pool("main", "/", &[&backend], "")
@@ -423,7 +423,7 @@ fn sigterm_drains_tcp_clients_with_goaway_and_connection_close() {
     let backend = start_backend("drain-tcp");
     let mut process = SpookyProcess::start(
         "drain-tcp",
-        free_udp_port(),
+        free_port(),
         &format!(
             "[runtime]\ndrain_timeout_ms = 20000\n\n{}",
             pool("main", "/", &[&backend], "")

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::process::SpookyProcess;
-use common::{free_udp_port, pool, start_backend, Proxy};
+use common::{free_port, pool, start_backend, Proxy};
 use spooky_bench::backend::pattern_sha256;
 use spooky_bench::client::{H3Client, Request};
 
@@ -163,7 +163,7 @@ fn restarting_one_process_keeps_the_other_processes_connections() {
     let Some(bpffs) = Bpffs::mount("restart-bpffs") else {
         return;
     };
-    let port = free_udp_port();
+    let port = free_port();
     let backend = start_backend("restart");
     let certs_dir = common::scratch_dir("restart-certs");
     let certs = spooky::selfsigned::generate(&certs_dir).unwrap();

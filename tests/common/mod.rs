@@ -288,19 +288,27 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16,
     Ok((status, body))
 }
 
-/// A port that was free a moment ago (the caller binds it right away).
-pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port free on 127.0.0.1 for both UDP and TCP a moment ago, for a process the test starts
+/// (which binds both). It is picked below the kernel's ephemeral range: the other tests of the
+/// binary keep opening TCP client connections, and any of them could take a port from that range
+/// before the process binds it.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_low / 2);
+    let span = usize::from(ephemeral_low - low);
+    // Spread processes apart so that parallel test binaries rarely try the same ports.
+    let seed = std::process::id() as usize * 7919;
+    for _ in 0..span {
+        let port = low + ((seed + NEXT.fetch_add(1, Ordering::Relaxed) * 131) % span) as u16;
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if udp.is_ok() && tcp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for UDP and TCP below {ephemeral_low}");
 }

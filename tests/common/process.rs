@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use spooky_bench::client::{ClientOptions, Verify};
 
-use super::{eventually, free_tcp_port, http_get, scratch_dir};
+use super::{eventually, free_port, http_get, scratch_dir};
 
 /// A `spooky` process started from a configuration file.
 pub struct SpookyProcess {
@@ -34,7 +34,7 @@ impl SpookyProcess {
         port: u16,
         body: &str,
     ) -> SpookyProcess {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
