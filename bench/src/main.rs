@@ -92,6 +92,9 @@ struct BackendArgs {
     max_streams: Option<u32>,
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Speak HTTP/1.1 (keep-alive, chunked) instead of cleartext HTTP/2.
+    #[arg(long)]
+    http1: bool,
 }
 
 #[derive(clap::Args)]
@@ -350,6 +353,7 @@ fn run_backend(args: BackendArgs) -> Result<(), Failure> {
         max_concurrent_streams: args.max_streams,
         threads: args.threads,
         record_paths: false,
+        http1: args.http1,
     })
     .map_err(|e| Failure::Run(format!("cannot listen on {listen}: {e}")))?;
     println!("listening on {}", handle.addr());

@@ -1,6 +1,7 @@
 //! An HTTP/2 test backend (cleartext, prior knowledge) with endpoints for every behaviour the
 //! proxy must get right: exact bodies of any size, echo, delays, chosen statuses, trailers and a
-//! reset in the middle of a body. Runs on its own tokio runtime thread, in-process for tests or
+//! reset in the middle of a body. With [`BackendOptions::http1`] it speaks HTTP/1.1 instead
+//! ([`http1`]). Runs on its own tokio runtime thread, in-process for tests or
 //! from `spooky-bench backend`, and counts what it saw so tests can assert on the backend side.
 
 use std::io;
@@ -16,6 +17,8 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+mod http1;
 
 const CHUNK: u64 = 64 * 1024;
 
@@ -51,6 +54,8 @@ pub struct BackendOptions {
     /// Keep every request path for [`BackendHandle::requests_for`]; off for benchmarks, where
     /// the list would grow without bound.
     pub record_paths: bool,
+    /// Speak HTTP/1.1 (keep-alive, chunked) instead of h2c.
+    pub http1: bool,
 }
 
 impl BackendOptions {
@@ -62,6 +67,7 @@ impl BackendOptions {
             max_concurrent_streams: None,
             threads: 2,
             record_paths: true,
+            http1: false,
         }
     }
 }
@@ -160,6 +166,7 @@ pub fn start(options: BackendOptions) -> io::Result<BackendHandle> {
         counters: counters.clone(),
         paths: paths.clone(),
         record_paths: options.record_paths,
+        http1: options.http1,
     });
     let max_streams = options.max_concurrent_streams;
     let thread = std::thread::Builder::new()
@@ -183,6 +190,7 @@ struct Context {
     counters: Arc<Counters>,
     paths: Arc<Mutex<Vec<String>>>,
     record_paths: bool,
+    http1: bool,
 }
 
 async fn accept_loop(
@@ -198,7 +206,11 @@ async fn accept_loop(
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 context.counters.connections_accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_connection(stream, context.clone(), max_streams));
+                if context.http1 {
+                    tokio::spawn(http1::serve_connection(stream, context.clone()));
+                } else {
+                    tokio::spawn(serve_connection(stream, context.clone(), max_streams));
+                }
             }
         }
     }
