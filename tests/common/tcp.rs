@@ -29,9 +29,33 @@ pub struct Received {
 
 pub const BODY_START: usize = 64 * 1024;
 
-fn keep_start(start: &mut Vec<u8>, chunk: &[u8]) {
-    let room = BODY_START - start.len().min(BODY_START);
-    start.extend_from_slice(&chunk[..room.min(chunk.len())]);
+/// A response body as it arrives: its length, checksum and first bytes.
+#[derive(Default)]
+struct BodyTally {
+    len: u64,
+    hasher: sha2::Sha256,
+    start: Vec<u8>,
+}
+
+impl BodyTally {
+    fn add(&mut self, chunk: &[u8]) {
+        let room = BODY_START - self.start.len().min(BODY_START);
+        self.start
+            .extend_from_slice(&chunk[..room.min(chunk.len())]);
+        self.len += chunk.len() as u64;
+        sha2::Digest::update(&mut self.hasher, chunk);
+    }
+
+    fn received(self, status: u16, headers: HeaderMap, trailers: Option<HeaderMap>) -> Received {
+        Received {
+            status,
+            headers,
+            body_len: self.len,
+            body_sha256: sha2::Digest::finalize(self.hasher).into(),
+            body_start: self.start,
+            trailers,
+        }
+    }
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -132,28 +156,17 @@ pub async fn h2_exchange(
     let response = response.await.unwrap();
     let status = response.status().as_u16();
     let (parts, mut body) = response.into_parts();
-    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-    let mut body_len = 0u64;
-    let mut body_start = Vec::new();
+    let mut tally = BodyTally::default();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.unwrap();
-        keep_start(&mut body_start, &chunk);
-        body_len += chunk.len() as u64;
-        sha2::Digest::update(&mut hasher, &chunk);
+        tally.add(&chunk);
         body.flow_control().release_capacity(chunk.len()).unwrap();
     }
     let trailers = body.trailers().await.unwrap();
     if let Some(uploader) = uploader {
         uploader.await.unwrap();
     }
-    Received {
-        status,
-        headers: parts.headers,
-        body_len,
-        body_sha256: sha2::Digest::finalize(hasher).into(),
-        body_start,
-        trailers,
-    }
+    tally.received(status, parts.headers, trailers)
 }
 
 /// A request body for HTTP/1.1: the test pattern, declared by length or sent chunked.
@@ -208,27 +221,13 @@ pub async fn http1_exchange(
     let response = sender.send_request(request).await.expect("response");
     let status = response.status().as_u16();
     let (parts, mut body) = response.into_parts();
-    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-    let mut body_len = 0u64;
+    let mut tally = BodyTally::default();
     let mut trailers = None;
-    let mut body_start = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.expect("response body");
-        match frame.into_data() {
-            Ok(chunk) => {
-                keep_start(&mut body_start, &chunk);
-                body_len += chunk.len() as u64;
-                sha2::Digest::update(&mut hasher, &chunk);
-            }
+        match frame.expect("response body").into_data() {
+            Ok(chunk) => tally.add(&chunk),
             Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
-    Received {
-        status,
-        headers: parts.headers,
-        body_len,
-        body_sha256: sha2::Digest::finalize(hasher).into(),
-        body_start,
-        trailers,
-    }
+    tally.received(status, parts.headers, trailers)
 }
