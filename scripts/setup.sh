@@ -61,6 +61,47 @@ missing_packages() {
   have_libclang "$root" "$ldconfig_listing" || echo libclang-dev
 }
 
+# Runs a command as root: directly when we are root, otherwise through sudo.
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then
+    DEBIAN_FRONTEND=noninteractive "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo DEBIAN_FRONTEND=noninteractive "$@"
+  else
+    echo "setup: need root or sudo to run: $*" >&2
+    exit 1
+  fi
+}
+
+# The independent backends the tests run (Hypercorn, for now) live in a virtual environment
+# under target/, pinned by bench/python/requirements.txt, so that the system Python is left
+# alone. Rebuilt only when the requirements change. Debian's python3 needs python3-venv for it.
+install_test_python() {
+  local repo venv stamp
+  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  venv="$repo/target/test-python"
+  stamp="$venv/requirements.txt"
+  if [[ -x "$venv/bin/python" ]] && cmp -s "$repo/bench/python/requirements.txt" "$stamp"; then
+    return 0
+  fi
+  command -v python3 >/dev/null 2>&1 || {
+    echo "setup: python3 not found; the tests need it for their independent backends" >&2
+    exit 1
+  }
+  rm -rf "$venv"
+  mkdir -p "$repo/target"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    echo "setup: installing python3-venv"
+    rm -rf "$venv"
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq python3-venv
+    python3 -m venv "$venv"
+  fi
+  echo "setup: installing the test backends' Python packages into $venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$repo/bench/python/requirements.txt"
+  cp "$repo/bench/python/requirements.txt" "$stamp"
+}
+
 main() {
   local missing
   mapfile -t missing < <(missing_packages "" "")
@@ -74,21 +115,16 @@ main() {
 
   if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}"
-    local sudo_cmd=()
-    if [[ $(id -u) -ne 0 ]]; then
-      command -v sudo >/dev/null 2>&1 || {
-        echo "setup: need root or sudo to install ${missing[*]}" >&2
-        exit 1
-      }
-      sudo_cmd=(sudo)
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo_cmd[@]}" apt-get update -qq
-    "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq "${missing[@]}"
     if ! have_libclang "" ""; then
       echo "setup: libclang-dev is installed but no libclang.so was found; set LIBCLANG_PATH" >&2
       exit 1
     fi
+  fi
+
+  if [[ "${1:-}" == "--with-test-tools" ]]; then
+    install_test_python
   fi
 
   if ! command -v cargo >/dev/null 2>&1; then

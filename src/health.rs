@@ -1,7 +1,8 @@
 //! Active health checks, run by the coordinator side of the process.
 //!
-//! One thread with its own glommio executor probes every backend that has a `health_check`: an
-//! HTTP/2 GET of the configured path on a fresh connection, within `timeout`, every `interval`
+//! One thread with its own glommio executor probes every backend that has a `health_check`: a GET
+//! of the configured path in the upstream's protocol (HTTP/2 with prior knowledge, or HTTP/1.1
+//! with `Connection: close`) on a fresh connection, within `timeout`, every `interval`
 //! (first probe at a random offset, then with ±10% jitter, so checks of many backends and many
 //! processes do not fall in step). A backend turns unhealthy after `failure_threshold` failed
 //! probes in a row and healthy again after `success_threshold` passes. Only changes are reported,
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shards::balance::rng::XorShift64;
-use shards::plan::{HealthCheckPlan, ProxyPlan};
+use shards::plan::{BackendProtocol, HealthCheckPlan, ProxyPlan};
 use shards::rt;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
@@ -34,6 +35,7 @@ struct Target {
     upstream: usize,
     backend: usize,
     address: SocketAddr,
+    protocol: BackendProtocol,
     check: HealthCheckPlan,
 }
 
@@ -60,6 +62,7 @@ impl HealthChecker {
                             upstream: u,
                             backend: b,
                             address: backend.address,
+                            protocol: upstream.protocol,
                             check,
                         })
                     })
@@ -118,7 +121,10 @@ async fn check_loop(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let passed = probe(target.address, &target.check.path, target.check.timeout).await;
+        let passed = rt::within(target.check.timeout, probe(&target))
+            .await
+            .flatten()
+            .unwrap_or(false);
         if passed {
             successes += 1;
             failures = 0;
@@ -145,29 +151,50 @@ async fn check_loop(
     }
 }
 
-/// One probe: connect, HTTP/2 handshake, `GET path`, a 2xx status, all within `timeout`.
-async fn probe(address: SocketAddr, path: &str, timeout: Duration) -> bool {
-    let attempt = async {
-        let stream = rt::TcpStream::connect(address).await.ok()?;
-        stream.set_nodelay(true).ok()?;
-        let (mut sender, connection) = h2::client::handshake(stream.compat()).await.ok()?;
-        let driver = rt::spawn_joined(async move {
-            let _ = connection.await;
-        });
-        let request = http::Request::get(format!("http://{address}{path}"))
-            .header("user-agent", "spooky-health-check")
-            .body(())
-            .ok()?;
-        let (response, _) = sender.send_request(request, true).ok()?;
-        let response = response.await.ok()?;
-        drop(driver);
-        Some(response.status().is_success())
-    };
-    rt::within(timeout, attempt)
-        .await
-        .flatten()
-        .unwrap_or(false)
+/// One probe: connect, then `GET path` in the backend's protocol; `Some(true)` for a 2xx status.
+async fn probe(target: &Target) -> Option<bool> {
+    let stream = rt::TcpStream::connect(target.address).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    let path = &target.check.path;
+    match target.protocol {
+        BackendProtocol::H2c => probe_h2(stream, target.address, path).await,
+        BackendProtocol::Http1(_) => probe_http1(stream, target.address, path).await,
+    }
 }
+
+async fn probe_h2(stream: rt::TcpStream, address: SocketAddr, path: &str) -> Option<bool> {
+    let (mut sender, connection) = h2::client::handshake(stream.compat()).await.ok()?;
+    let driver = rt::spawn_joined(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get(format!("http://{address}{path}"))
+        .header("user-agent", USER_AGENT)
+        .body(())
+        .ok()?;
+    let (response, _) = sender.send_request(request, true).ok()?;
+    let response = response.await.ok()?;
+    drop(driver);
+    Some(response.status().is_success())
+}
+
+async fn probe_http1(stream: rt::TcpStream, address: SocketAddr, path: &str) -> Option<bool> {
+    let io = hyper_util::rt::TokioIo::new(stream.compat());
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.ok()?;
+    let driver = rt::spawn_joined(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get(path)
+        .header(http::header::HOST, address.to_string())
+        .header(http::header::USER_AGENT, USER_AGENT)
+        .header(http::header::CONNECTION, "close")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    drop(driver);
+    Some(response.status().is_success())
+}
+
+const USER_AGENT: &str = "spooky-health-check";
 
 /// Spreads check times; not cryptographic.
 struct Jitter(XorShift64);

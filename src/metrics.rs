@@ -381,6 +381,13 @@ fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
     );
     per_backend(
         out,
+        "spooky_backend_http1_connections",
+        "gauge",
+        "Open HTTP/1.1 connections to a backend, busy or idle (summed over shards).",
+        &|_, _, slot| summed(slot, &|c| &c.http1_connections),
+    );
+    per_backend(
+        out,
         "spooky_backend_healthy",
         "gauge",
         "1 when active health checks let the backend receive traffic.",

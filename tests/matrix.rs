@@ -50,7 +50,11 @@ fn matrix_runs_every_scenario_and_writes_the_report() {
         let table = &table[..table.find("\n## ").unwrap_or(table.len())];
         // HTTP/3 everywhere; HTTP/2 over TLS where the scenario is not about QUIC connections.
         let over_tcp = !matches!(section, "handshakes" | "idle-connections");
-        for (target, expected) in [("spooky", true), ("spooky-h2", over_tcp)] {
+        for (target, expected) in [
+            ("spooky", true),
+            ("spooky-h2", over_tcp),
+            ("spooky-http1", over_tcp),
+        ] {
             let row = table
                 .lines()
                 .find(|l| l.starts_with(&format!("| {target} |")));

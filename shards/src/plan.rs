@@ -89,8 +89,38 @@ pub struct UpstreamPlan {
     /// Retries allowed as a share of requests (0.2 = 20%), so retries cannot multiply load when
     /// a whole pool struggles.
     pub retry_budget: f64,
+    /// How the shards talk to this pool's backends.
+    pub protocol: BackendProtocol,
     pub backends: Vec<BackendPlan>,
 }
+
+/// The protocol a pool's backends speak (`upstream.NAME.protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendProtocol {
+    /// Cleartext HTTP/2 with prior knowledge (RFC 9113 §3.3): requests multiplexed on few
+    /// connections.
+    H2c,
+    /// HTTP/1.1 (RFC 9112): one request at a time per connection, idle connections kept.
+    Http1(KeepAlive),
+}
+
+/// How a shard keeps idle HTTP/1.1 connections to one backend (`upstream.NAME.keepalive`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Idle connections kept per backend per shard; more are closed as they come free.
+    pub max_idle: usize,
+    /// An idle connection unused for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// nginx's `keepalive_timeout` default. A backend with a shorter keep-alive closes the idle
+/// connection first; the pool sees the close and never sends on it. Only a request that crosses
+/// the close on the wire fails, as a break an idempotent request is retried after (RFC 9112
+/// §9.3.1).
+pub const DEFAULT_KEEPALIVE: KeepAlive = KeepAlive {
+    max_idle: 32,
+    idle_timeout: Duration::from_secs(60),
+};
 
 /// Retry defaults, as Envoy's: 2 retries within a 20% budget.
 pub const DEFAULT_RETRIES: u32 = 2;
@@ -170,7 +200,8 @@ impl HashKey {
 /// Time limits on the backend side of a request.
 #[derive(Clone, Copy, Debug)]
 pub struct UpstreamTimeouts {
-    /// Limit on opening a TCP connection and completing the HTTP/2 handshake with a backend.
+    /// Limit on opening a TCP connection to a backend (and, for HTTP/2, completing its
+    /// handshake).
     pub connect: Duration,
     /// Limit between sending the request headers and receiving the response headers.
     pub response_headers: Duration,
@@ -193,7 +224,7 @@ impl Default for UpstreamTimeouts {
     }
 }
 
-/// One backend server, reached over cleartext HTTP/2 (h2c with prior knowledge).
+/// One backend server, reached over its upstream's [`BackendProtocol`].
 #[derive(Clone, Debug)]
 pub struct BackendPlan {
     pub id: String,
@@ -206,7 +237,8 @@ pub struct BackendPlan {
     pub stats_slot: usize,
 }
 
-/// How the coordinator probes one backend: an HTTP/2 GET of `path` every `interval`.
+/// How the coordinator probes one backend: a GET of `path` every `interval`, in the upstream's
+/// protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheckPlan {
     pub path: String,

@@ -100,6 +100,8 @@ pub struct BackendStats {
     pub ejections: Counter,
     /// Open HTTP/2 connections from this shard to the backend (gauge).
     pub h2_connections: Counter,
+    /// Open HTTP/1.1 connections from this shard to the backend, busy or idle (gauge).
+    pub http1_connections: Counter,
 }
 
 impl BackendStats {

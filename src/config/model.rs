@@ -166,9 +166,20 @@ pub struct RawUpstream {
     pub timeouts: Option<RawTimeouts>,
     pub retries: Option<Int>,
     pub retry_budget_percent: Option<Int>,
+    /// `h2c` (the default) or `http/1.1`, checked by validation so the message names the key.
+    pub protocol: Option<String>,
+    pub keepalive: Option<RawKeepAlive>,
     /// Defaults to empty so that an empty pool is reported by validation with its key path.
     #[serde(default)]
     pub backends: Vec<RawBackend>,
+}
+
+/// `[upstream.NAME.keepalive]`: idle HTTP/1.1 connections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeepAlive {
+    pub max_idle: Option<Int>,
+    pub idle_timeout_ms: Option<Int>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,16 +12,17 @@ use std::time::Duration;
 
 use log::LevelFilter;
 use shards::plan::{
-    BackendPlan, Balancing, HashKey, HealthCheckPlan, ProxyPlan, QuicSettings, RoutePlan,
-    SteeringMode, UpstreamPlan, UpstreamTimeouts, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
+    BackendPlan, BackendProtocol, Balancing, HashKey, HealthCheckPlan, KeepAlive, ProxyPlan,
+    QuicSettings, RoutePlan, SteeringMode, UpstreamPlan, UpstreamTimeouts, DEFAULT_KEEPALIVE,
+    DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
 };
 
 use shards::tls::{SniCertificates, TlsError, TlsIdentity};
 
 use super::error::Problem;
 use super::model::{
-    BalancingKind, Int, RawCertificate, RawConfig, RawHealthCheck, RawQuic, RawRedirect,
-    RawRuntime, RawUpstream,
+    BalancingKind, Int, RawCertificate, RawConfig, RawHealthCheck, RawKeepAlive, RawQuic,
+    RawRedirect, RawRuntime, RawUpstream,
 };
 use super::{Config, LogFormat};
 use upstreams::check_upstreams;

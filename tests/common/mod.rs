@@ -13,6 +13,7 @@ use spooky_bench::backend::{self, BackendHandle, BackendOptions};
 use spooky_bench::client::{ClientOptions, H3Client, Verify};
 
 pub mod process;
+pub mod python;
 pub mod tcp;
 
 /// A fresh directory under the system temp dir, unique per test.

@@ -1,8 +1,10 @@
 //! The test backend's HTTP/1.1 mode (`BackendOptions::http1`), on hyper's server: the routes
 //! an HTTP/1.1 upstream must be checked against, with keep-alive counted by the backend's
 //! connection counter. `/bytes/N` has a `content-length`; `/echo` streams the request body back
-//! chunked, request trailers included; `/close/N` answers like `/bytes/N` with
-//! `Connection: close`, so that a pool sees a backend end a connection between requests.
+//! chunked, request trailers included, and names the request's framing in `x-echo-framing`;
+//! `/close/N` answers like `/bytes/N` with `Connection: close`, so that a pool sees a backend end
+//! a connection between requests; `/early/N` answers status N without reading the request body,
+//! as a server refusing an upload does.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -71,10 +73,22 @@ async fn route(request: Request<Incoming>, context: &Context) -> Response<ReplyB
         ("echo", None) => {
             let method = HeaderValue::from_str(request.method().as_str())
                 .unwrap_or(HeaderValue::from_static("?"));
+            let headers = request.headers();
+            let framing = if headers.contains_key("transfer-encoding") {
+                "chunked"
+            } else if headers.contains_key("content-length") {
+                "content-length"
+            } else {
+                "none"
+            };
             let mut reply = reply(200, context, request.into_body().boxed());
             reply.headers_mut().insert("x-echo-method", method);
             reply
+                .headers_mut()
+                .insert("x-echo-framing", HeaderValue::from_static(framing));
+            reply
         }
+        ("early", Some(code)) => reply(code as u16, context, text(format!("status {code}"))),
         ("status", Some(code)) => {
             let _ = request.into_body().collect().await;
             reply(code as u16, context, text(format!("status {code}")))

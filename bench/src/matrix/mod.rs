@@ -1,6 +1,8 @@
 //! `spooky-bench matrix`: the benchmark scenario matrix, run against Spooky, Caddy (when
 //! installed) and the backend directly, in one run on one machine, written up as a markdown
-//! report plus the raw results as JSON.
+//! report plus the raw results as JSON. Spooky is measured twice where requests reach the
+//! backend: with the h2c backend every target uses, and (`spooky-http1`) with the same backend
+//! program speaking HTTP/1.1, so the report gives the cost of each backend protocol.
 //!
 //! Every target gets the same backend, certificate, CPU and load. The proxy under test is pinned
 //! to one CPU; the load generator and the backend share the others. Costs are the proxy's own CPU
@@ -16,7 +18,7 @@ use shards::procfs;
 
 use crate::load::{self, LoadOptions};
 use report::{Row, RunInfo, Section};
-use targets::Server;
+use targets::{BackendProtocol, Server};
 
 /// How a matrix run is set up.
 #[derive(Clone, Debug)]
@@ -43,7 +45,8 @@ struct Scenario {
     /// Whether the direct-to-backend row applies (it cannot do QUIC handshakes or hold QUIC
     /// connections).
     direct: bool,
-    /// Whether Spooky is also measured over HTTP/2 on its TCP+TLS listener (`spooky-h2`).
+    /// Whether Spooky is also measured over HTTP/2 on its TCP+TLS listener (`spooky-h2`) and
+    /// with an HTTP/1.1 backend (`spooky-http1`): the scenarios whose requests reach the backend.
     tcp: bool,
     options: Box<dyn Fn(&str) -> LoadOptions>,
 }
@@ -71,13 +74,31 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
         backend_port,
         &load_cpus,
         1,
+        BackendProtocol::H2c,
     )?;
     let spooky = targets::start_spooky(
         &options.spooky,
         &options.out_dir,
         &certificate,
         targets::free_port()?,
-        backend_port,
+        (backend_port, BackendProtocol::H2c),
+        options.proxy_cpu,
+    )?;
+    let http1_backend_port = targets::free_port()?;
+    let http1_backend = targets::start_backend(
+        &options.bench,
+        &options.out_dir,
+        http1_backend_port,
+        &load_cpus,
+        1,
+        BackendProtocol::Http1,
+    )?;
+    let spooky_http1 = targets::start_spooky(
+        &options.spooky,
+        &options.out_dir,
+        &certificate,
+        targets::free_port()?,
+        (http1_backend_port, BackendProtocol::Http1),
         options.proxy_cpu,
     )?;
     let caddy = if options.skip_caddy {
@@ -100,6 +121,12 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
         }
     )];
     notes.push(
+        "spooky-http1 is the same Spooky build with `protocol = \"http/1.1\"`, in front of the \
+         same backend program in its HTTP/1.1 mode (`spooky-bench backend --http1`); the other \
+         targets use the h2c backend."
+            .into(),
+    );
+    notes.push(
         "CPU figures are the proxy process's user+system seconds from /proc/PID/stat over the \
          scenario; latency is measured by the load generator from each request's scheduled send \
          time."
@@ -113,11 +140,19 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
             name: spooky.name,
             server: &spooky,
             tcp: false,
+            only_backend_bound: false,
         },
         Endpoint {
             name: "spooky-h2",
             server: &spooky,
             tcp: true,
+            only_backend_bound: true,
+        },
+        Endpoint {
+            name: spooky_http1.name,
+            server: &spooky_http1,
+            tcp: false,
+            only_backend_bound: true,
         },
     ];
     if let Some(caddy) = &caddy {
@@ -125,6 +160,7 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
             name: caddy.name,
             server: caddy,
             tcp: false,
+            only_backend_bound: false,
         });
     }
 
@@ -246,7 +282,9 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
     .map_err(|e| e.to_string())?;
     std::fs::write(options.out_dir.join("results.json"), json).map_err(|e| e.to_string())?;
     drop(caddy);
+    drop(spooky_http1);
     drop(spooky);
+    drop(http1_backend);
     drop(backend);
     Ok(markdown)
 }
@@ -274,6 +312,8 @@ struct Endpoint<'a> {
     name: &'static str,
     server: &'a Server,
     tcp: bool,
+    /// Measured only in the scenarios whose requests reach the backend (`Scenario::tcp`).
+    only_backend_bound: bool,
 }
 
 impl Endpoint<'_> {
@@ -292,7 +332,7 @@ fn measure(
 ) -> Result<Section, String> {
     let mut rows = Vec::new();
     for proxy in proxies {
-        if proxy.tcp && !scenario.tcp {
+        if proxy.only_backend_bound && !scenario.tcp {
             continue;
         }
         eprintln!("{}: {}", scenario.name, proxy.name);

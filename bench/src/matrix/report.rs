@@ -143,6 +143,18 @@ fn summary(out: &mut String, sections: &[Section]) {
                     opt(ratio, 2)
                 );
             }
+            if let Some(http1) = small.row("spooky-http1") {
+                let ratio = http1
+                    .cpu_us_per_request()
+                    .zip(spooky.cpu_us_per_request())
+                    .map(|(h, s)| h / s);
+                let _ = writeln!(
+                    out,
+                    "| Spooky CPU per 1 KiB request to an HTTP/1.1 backend (max rate) | {} µs ({}× h2c's) |",
+                    opt(http1.cpu_us_per_request(), 1),
+                    opt(ratio, 2)
+                );
+            }
             if let Some(caddy) = small.row("caddy") {
                 let ratio = caddy
                     .cpu_us_per_request()
@@ -184,6 +196,13 @@ fn summary(out: &mut String, sections: &[Section]) {
                 "| 100 MB download: Gbit/s per second of proxy CPU | {} |",
                 opt(spooky.gbit_per_cpu_second(), 2)
             );
+            if let Some(http1) = download.row("spooky-http1") {
+                let _ = writeln!(
+                    out,
+                    "| 100 MB download from an HTTP/1.1 backend: Gbit/s per second of proxy CPU | {} |",
+                    opt(http1.gbit_per_cpu_second(), 2)
+                );
+            }
             if let Some(tcp) = download.row("spooky-h2") {
                 let _ = writeln!(
                     out,
@@ -240,6 +259,7 @@ mod tests {
                 rows: vec![
                     row("spooky", 100_000, Some(2.0), 100.0),
                     row("spooky-h2", 100_000, Some(3.0), 100.0),
+                    row("spooky-http1", 100_000, Some(2.5), 100.0),
                     row("caddy", 50_000, Some(4.0), 200.0),
                 ],
             },
@@ -266,6 +286,10 @@ mod tests {
         );
         assert!(
             text.contains("over HTTP/2+TLS on TCP (max rate) | 30.0 µs (1.50× HTTP/3's) |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("to an HTTP/1.1 backend (max rate) | 25.0 µs (1.25× h2c's) |"),
             "{text}"
         );
         assert!(

@@ -96,6 +96,23 @@ fn spawn(
     })
 }
 
+/// What a backend, and the Spooky in front of it, speak between them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendProtocol {
+    H2c,
+    Http1,
+}
+
+impl BackendProtocol {
+    /// The value of Spooky's `upstream.NAME.protocol`.
+    fn config_value(self) -> &'static str {
+        match self {
+            BackendProtocol::H2c => "h2c",
+            BackendProtocol::Http1 => "http/1.1",
+        }
+    }
+}
+
 /// Starts `spooky-bench backend` (the executable at `bench`) on `port`.
 pub fn start_backend(
     bench: &Path,
@@ -103,16 +120,24 @@ pub fn start_backend(
     port: u16,
     cpus: &str,
     threads: usize,
+    protocol: BackendProtocol,
 ) -> Result<Server, String> {
     let mut command = pinned(cpus, bench);
     command
         .args(["backend", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--threads", &threads.to_string()]);
+    let (name, log) = match protocol {
+        BackendProtocol::H2c => ("backend", "backend.log"),
+        BackendProtocol::Http1 => {
+            command.arg("--http1");
+            ("backend-http1", "backend-http1.log")
+        }
+    };
     let server = spawn(
-        "backend",
+        name,
         command,
-        dir.join("backend.log"),
+        dir.join(log),
         format!("http://127.0.0.1:{port}"),
     )?;
     wait_until(Duration::from_secs(15), || {
@@ -122,16 +147,21 @@ pub fn start_backend(
     Ok(server)
 }
 
-/// Starts Spooky with one shard on `cpu`, forwarding everything to the backend.
+/// Starts Spooky with one shard on `cpu`, forwarding everything to the backend over `protocol`.
 pub fn start_spooky(
     binary: &Path,
     dir: &Path,
     certificate: &Certificate,
     port: u16,
-    backend_port: u16,
+    backend: (u16, BackendProtocol),
     cpu: usize,
 ) -> Result<Server, String> {
-    let config = dir.join("spooky.toml");
+    let (backend_port, protocol) = backend;
+    let (name, file) = match protocol {
+        BackendProtocol::H2c => ("spooky", "spooky"),
+        BackendProtocol::Http1 => ("spooky-http1", "spooky-http1"),
+    };
+    let config = dir.join(format!("{file}.toml"));
     fs::write(
         &config,
         format!(
@@ -139,19 +169,20 @@ pub fn start_spooky(
              tls = {{ cert = {:?}, key = {:?} }}\n\n\
              [runtime]\ncores = [{cpu}]\n\n\
              [quic]\nmax_concurrent_streams = 1000\n\n\
-             [upstream.main]\nroute = {{ path_prefix = \"/\" }}\n\n\
+             [upstream.main]\nroute = {{ path_prefix = \"/\" }}\nprotocol = \"{}\"\n\n\
              [[upstream.main.backends]]\nid = \"backend\"\naddress = \"127.0.0.1:{backend_port}\"\n",
             certificate.cert.display().to_string(),
             certificate.key.display().to_string(),
+            protocol.config_value(),
         ),
     )
     .map_err(|e| e.to_string())?;
     let mut command = pinned(&cpu.to_string(), binary);
     command.arg("--config").arg(&config);
     let server = spawn(
-        "spooky",
+        name,
         command,
-        dir.join("spooky.log"),
+        dir.join(format!("{file}.log")),
         format!("https://localhost:{port}"),
     )?;
     wait_for_http3(port).map_err(|e| format!("spooky did not serve HTTP/3: {e}"))?;

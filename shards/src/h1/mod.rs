@@ -12,9 +12,8 @@ pub mod stream;
 pub use stream::{H1Stream, ResponseAborted};
 
 use http::header::{CONNECTION, HOST, TE};
-use http::HeaderValue;
 
-use crate::http::{Malformed, CONNECTION_SPECIFIC};
+use crate::http::{lists, Malformed, CONNECTION_SPECIFIC};
 
 /// Fields of this hop only, beyond the connection-specific ones HTTP/2 forbids: `expect` was
 /// answered here (hyper sends the `100 Continue`), and `http2-settings` belongs to an h2c
@@ -69,14 +68,6 @@ pub fn request_fields(parts: &http::request::Parts) -> Result<Fields<'_>, Malfor
         fields.push((name_text.as_bytes(), value.as_bytes()));
     }
     Ok(fields)
-}
-
-/// Whether the comma-separated list in `value` holds `token`, compared without case.
-fn lists(value: &HeaderValue, token: &str) -> bool {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]

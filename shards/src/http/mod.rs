@@ -22,3 +22,12 @@ pub const CONNECTION_SPECIFIC: [&[u8]; 5] = [
     b"transfer-encoding",
     b"upgrade",
 ];
+
+/// Whether the comma-separated list in `value` (`Connection`, `TE`) holds `token`, compared
+/// without case (RFC 9110 §5.6.1).
+pub fn lists(value: &http::HeaderValue, token: &str) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}

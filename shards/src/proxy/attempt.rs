@@ -14,7 +14,7 @@ use crate::balance::BackendIndex;
 use crate::http::{Downstream, RequestHead};
 use crate::stats::ShardStats;
 use crate::upstream::connector::Connector;
-use crate::upstream::Upstream;
+use crate::upstream::{BackendPool, Upstream};
 
 /// Sends the request to `backend` and relays its response. `Err`: nothing reached the client.
 pub async fn attempt<D: Downstream>(
@@ -27,38 +27,76 @@ pub async fn attempt<D: Downstream>(
     stats: &ShardStats,
 ) -> Result<Outcome, AttemptFailure> {
     let in_flight = InFlight::new(upstream, backend);
-    let pool = &upstream.pools[backend];
-    let (pending, mut upload) = pool
-        .open(head, has_body)
-        .await
-        .map_err(AttemptFailure::Exchange)?;
-    let timeouts = &upstream.plan.timeouts;
-    let download = relay::response(
+    let exchange = Exchange {
         downstream,
-        pending,
-        timeouts.response_headers,
-        timeouts.body_idle,
-        &in_flight.latency,
-    );
-    if !has_body {
-        return download.await;
-    }
-    // The upload only ends the race when it fails; a finished upload waits for the response.
-    let upload = async {
-        let uploaded = relay::upload(
-            downstream,
-            &mut upload,
-            head.content_length,
-            body_started,
-            timeouts.body_idle,
-            stats,
-        );
-        match uploaded.await {
-            Ok(()) => future::pending().await,
-            Err(outcome) => Ok(outcome),
-        }
+        head,
+        upstream,
+        has_body,
+        body_started,
+        stats,
+        in_flight: &in_flight,
     };
-    future::or(download, upload).await
+    match &upstream.pools[backend] {
+        BackendPool::H2c(pool) => exchange.run(pool).await,
+        BackendPool::Http1(pool) => exchange.run(pool).await,
+    }
+}
+
+/// One attempt's request and where its response goes, for whichever connector the backend has.
+struct Exchange<'a, D> {
+    downstream: &'a D,
+    head: &'a RequestHead,
+    upstream: &'a Upstream,
+    has_body: bool,
+    body_started: &'a Cell<bool>,
+    stats: &'a ShardStats,
+    in_flight: &'a InFlight<'a>,
+}
+
+impl<D: Downstream> Exchange<'_, D> {
+    async fn run<C: Connector>(self, connector: &C) -> Result<Outcome, AttemptFailure> {
+        let Exchange {
+            downstream,
+            head,
+            upstream,
+            has_body,
+            body_started,
+            stats,
+            in_flight,
+        } = self;
+        let (pending, mut upload) = connector
+            .open(head, has_body)
+            .await
+            .map_err(AttemptFailure::Exchange)?;
+        let timeouts = &upstream.plan.timeouts;
+        let download = relay::response(
+            downstream,
+            pending,
+            timeouts.response_headers,
+            timeouts.body_idle,
+            &in_flight.latency,
+        );
+        if !has_body {
+            return download.await;
+        }
+        // The upload only ends the race when it fails; a finished upload waits for the
+        // response.
+        let upload = async {
+            let uploaded = relay::upload(
+                downstream,
+                &mut upload,
+                head.content_length,
+                body_started,
+                timeouts.body_idle,
+                stats,
+            );
+            match uploaded.await {
+                Ok(()) => future::pending().await,
+                Err(outcome) => Ok(outcome),
+            }
+        };
+        future::or(download, upload).await
+    }
 }
 
 /// Feeds one request's result to the shard's outlier detection for that backend.

@@ -2,11 +2,11 @@
 //!
 //! Built once per shard from the plan; every piece is the shard's own, so picking a backend and
 //! finding a connection to it touch no shared state. Backends are reached through the
-//! [`connector`] seam; [`pool`] implements it for cleartext HTTP/2 (h2c).
+//! [`connector`] seam, which [`h2c`] implements for cleartext HTTP/2 and [`http1`] for HTTP/1.1.
 
 pub mod connector;
 pub mod h2c;
-pub mod pool;
+pub mod http1;
 pub mod retry_budget;
 pub mod router;
 
@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use crate::balance::Balancer;
 use crate::control::HealthSnapshot;
-use crate::plan::{ProxyPlan, UpstreamPlan};
+use crate::plan::{BackendPlan, BackendProtocol, ProxyPlan, UpstreamPlan};
 use crate::stats::ShardStats;
-use pool::BackendPool;
+use h2c::pool::H2cPool;
+use http1::pool::Http1Pool;
 pub use retry_budget::RetryBudget;
 use router::{Router, UpstreamIndex};
 
@@ -27,7 +28,58 @@ pub struct Upstream {
     pub balancer: RefCell<Balancer>,
     pub retry_budget: RetryBudget,
     /// One pool per backend, in plan order.
-    pub pools: Vec<Rc<BackendPool>>,
+    pub pools: Vec<BackendPool>,
+}
+
+/// One shard's connections to one backend, in the upstream's protocol.
+#[derive(Clone)]
+pub enum BackendPool {
+    H2c(Rc<H2cPool>),
+    Http1(Rc<Http1Pool>),
+}
+
+impl BackendPool {
+    fn new(
+        protocol: BackendProtocol,
+        backend: &BackendPlan,
+        connect_timeout: std::time::Duration,
+        stats: &Arc<ShardStats>,
+    ) -> BackendPool {
+        match protocol {
+            BackendProtocol::H2c => BackendPool::H2c(H2cPool::new(
+                backend.address,
+                backend.stats_slot,
+                connect_timeout,
+                stats.clone(),
+            )),
+            BackendProtocol::Http1(keepalive) => BackendPool::Http1(Http1Pool::new(
+                backend.address,
+                backend.stats_slot,
+                connect_timeout,
+                keepalive,
+                stats.clone(),
+            )),
+        }
+    }
+
+    /// Whether this pool can serve `backend` with these settings unchanged.
+    fn serves(
+        &self,
+        protocol: BackendProtocol,
+        backend: &BackendPlan,
+        connect_timeout: std::time::Duration,
+    ) -> bool {
+        let (address, slot) = (backend.address, backend.stats_slot);
+        match (self, protocol) {
+            (BackendPool::H2c(pool), BackendProtocol::H2c) => {
+                pool.serves(address, slot, connect_timeout)
+            }
+            (BackendPool::Http1(pool), BackendProtocol::Http1(keepalive)) => {
+                pool.serves(address, slot, connect_timeout, keepalive)
+            }
+            _ => false,
+        }
+    }
 }
 
 pub struct Upstreams {
@@ -38,15 +90,15 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Builds the shard's upstreams for `plan`. Pools of `previous` whose backend is unchanged
-    /// (same address, counter slot and connect timeout) are kept, so a reload does not drop
-    /// warm HTTP/2 connections.
+    /// (same protocol, address, counter slot and connection settings) are kept, so a reload
+    /// does not drop warm connections.
     pub fn new(
         plan: &ProxyPlan,
         shard_index: usize,
         stats: &Arc<ShardStats>,
         previous: Option<&Upstreams>,
     ) -> Self {
-        let reusable: Vec<&Rc<BackendPool>> = previous
+        let reusable: Vec<&BackendPool> = previous
             .into_iter()
             .flat_map(|p| p.list.iter())
             .flat_map(|u| u.pools.iter())
@@ -68,14 +120,12 @@ impl Upstreams {
                     .backends
                     .iter()
                     .map(|b| {
-                        let connect = upstream.timeouts.connect;
+                        let (protocol, connect) = (upstream.protocol, upstream.timeouts.connect);
                         reusable
                             .iter()
-                            .find(|pool| pool.serves(b.address, b.stats_slot, connect))
-                            .map(|pool| Rc::clone(pool))
-                            .unwrap_or_else(|| {
-                                BackendPool::new(b.address, b.stats_slot, connect, stats.clone())
-                            })
+                            .find(|pool| pool.serves(protocol, b, connect))
+                            .map(|pool| (*pool).clone())
+                            .unwrap_or_else(|| BackendPool::new(protocol, b, connect, stats))
                     })
                     .collect(),
             })

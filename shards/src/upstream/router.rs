@@ -113,6 +113,7 @@ mod tests {
             timeouts: UpstreamTimeouts::default(),
             retries: 0,
             retry_budget: 0.0,
+            protocol: crate::plan::BackendProtocol::H2c,
             backends: vec![],
         }
     }

@@ -221,3 +221,39 @@ fn sni_certificates_serve_the_names_in_them_unless_hosts_are_given() {
     assert!(plan.sni.lookup("www.c.test").is_some());
     assert!(s.parse(&s.minimal()).unwrap().plan().sni.is_empty());
 }
+
+#[test]
+fn backend_protocol_defaults_to_h2c_and_http1_takes_keepalive_settings() {
+    let s = Scratch::new();
+    let plan = s.parse(&s.full()).unwrap().plan();
+    assert_eq!(plan.upstreams[0].protocol, BackendProtocol::H2c);
+    let text = edit(
+        &s.full(),
+        "load_balancing = { type = \"random\" }",
+        "load_balancing = { type = \"random\" }\nprotocol = \"http/1.1\"\n\
+         keepalive = { max_idle = 4, idle_timeout_ms = 1500 }",
+    );
+    let plan = s.parse(&text).unwrap().plan();
+    assert_eq!(
+        plan.upstreams[0].protocol,
+        BackendProtocol::Http1(KeepAlive {
+            max_idle: 4,
+            idle_timeout: Duration::from_millis(1500),
+        })
+    );
+    assert_eq!(
+        plan.upstreams[1].protocol,
+        BackendProtocol::H2c,
+        "the protocol is per upstream"
+    );
+    let text = edit(
+        &s.full(),
+        "load_balancing = { type = \"random\" }",
+        "load_balancing = { type = \"random\" }\nprotocol = \"http/1.1\"",
+    );
+    let plan = s.parse(&text).unwrap().plan();
+    assert_eq!(
+        plan.upstreams[0].protocol,
+        BackendProtocol::Http1(DEFAULT_KEEPALIVE)
+    );
+}

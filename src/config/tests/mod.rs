@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use log::LevelFilter;
-use shards::plan::{Balancing, QuicSettings, UpstreamTimeouts};
+use shards::plan::{
+    BackendProtocol, Balancing, KeepAlive, QuicSettings, UpstreamTimeouts, DEFAULT_KEEPALIVE,
+};
 
 use super::validate::{format_cpu_list, Host};
 use super::*;

@@ -491,6 +491,53 @@ fn zero_timeouts() {
 }
 
 #[test]
+fn unknown_backend_protocol() {
+    let s = Scratch::new();
+    let text = edit(
+        &s.full(),
+        "load_balancing = { type = \"random\" }",
+        "load_balancing = { type = \"random\" }\nprotocol = \"spdy\"",
+    );
+    assert_problem(
+        &s.problems(&text),
+        "upstream.api_pool.protocol",
+        "`spdy` is not a backend protocol; use \"h2c\" (cleartext HTTP/2, the default) or \"http/1.1\"",
+    );
+}
+
+#[test]
+fn keepalive_belongs_to_http1_and_is_bounded() {
+    let s = Scratch::new();
+    let h2c = edit(
+        &s.full(),
+        "load_balancing = { type = \"random\" }",
+        "load_balancing = { type = \"random\" }\nkeepalive = { max_idle = 4 }",
+    );
+    assert_problem(
+        &s.problems(&h2c),
+        "upstream.api_pool.keepalive",
+        "applies to protocol = \"http/1.1\" only",
+    );
+    let http1 = edit(
+        &s.full(),
+        "load_balancing = { type = \"random\" }",
+        "load_balancing = { type = \"random\" }\nprotocol = \"http/1.1\"\n\
+         keepalive = { max_idle = 10001, idle_timeout_ms = 0 }",
+    );
+    let problems = s.problems(&http1);
+    assert_problem(
+        &problems,
+        "upstream.api_pool.keepalive.max_idle",
+        "must be at most 10000, got 10001",
+    );
+    assert_problem(
+        &problems,
+        "upstream.api_pool.keepalive.idle_timeout_ms",
+        "must be at least 1 ms, got 0",
+    );
+}
+
+#[test]
 fn a_key_of_another_certificate_is_refused_at_the_key() {
     let s = Scratch::new();
     let foreign = selfsigned::generate(&s.dir.join("other")).unwrap();

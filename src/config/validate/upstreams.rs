@@ -228,6 +228,8 @@ pub(super) fn check_upstreams(
             .unwrap_or(20) as f64
             / 100.0;
 
+        let protocol = check_protocol(p, &base, up);
+
         plans.push(UpstreamPlan {
             name: name.clone(),
             route: RoutePlan {
@@ -239,10 +241,74 @@ pub(super) fn check_upstreams(
             timeouts,
             retries,
             retry_budget,
+            protocol,
             backends,
         });
     }
     plans
+}
+
+/// `protocol` and the `keepalive` table that only HTTP/1.1 uses.
+fn check_protocol(p: &mut Problems, base: &str, up: &RawUpstream) -> BackendProtocol {
+    let key = format!("{base}.protocol");
+    let http1 = match up.protocol.as_deref() {
+        None | Some("h2c") => false,
+        Some("http/1.1") => true,
+        Some(other) => {
+            p.push(
+                &key,
+                format!(
+                    "`{other}` is not a backend protocol; use \"h2c\" (cleartext HTTP/2, the \
+                     default) or \"http/1.1\""
+                ),
+            );
+            false
+        }
+    };
+    let keepalive = match (&up.keepalive, http1) {
+        (None, _) => DEFAULT_KEEPALIVE,
+        (Some(raw), true) => check_keepalive(p, &format!("{base}.keepalive"), raw),
+        (Some(_), false) => {
+            p.push(
+                format!("{base}.keepalive"),
+                "applies to protocol = \"http/1.1\" only; HTTP/2 multiplexes requests on \
+                 connections it keeps open",
+            );
+            DEFAULT_KEEPALIVE
+        }
+    };
+    if http1 {
+        BackendProtocol::Http1(keepalive)
+    } else {
+        BackendProtocol::H2c
+    }
+}
+
+/// Up to 10,000 idle connections per backend per shard; an hour of idleness at most.
+fn check_keepalive(p: &mut Problems, key: &str, raw: &RawKeepAlive) -> KeepAlive {
+    let max_idle = raw
+        .max_idle
+        .map_or(DEFAULT_KEEPALIVE.max_idle as i64, |v| v.0);
+    let max_idle = p
+        .in_range(&format!("{key}.max_idle"), max_idle, 0, 10_000, "")
+        .map_or(DEFAULT_KEEPALIVE.max_idle, |n| n as usize);
+    let default_ms = DEFAULT_KEEPALIVE.idle_timeout.as_millis() as i64;
+    let idle_ms = raw.idle_timeout_ms.map_or(default_ms, |v| v.0);
+    let idle_timeout = p
+        .in_range(
+            &format!("{key}.idle_timeout_ms"),
+            idle_ms,
+            1,
+            3_600_000,
+            " ms",
+        )
+        .map_or(DEFAULT_KEEPALIVE.idle_timeout, |ms| {
+            Duration::from_millis(ms as u64)
+        });
+    KeepAlive {
+        max_idle,
+        idle_timeout,
+    }
 }
 
 /// Defaults follow the upstream Spooky guide's examples.

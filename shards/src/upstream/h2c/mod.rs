@@ -1,8 +1,10 @@
 //! The [`Connector`] for cleartext HTTP/2 backends (h2c with prior knowledge): one exchange is one
-//! h2 stream on a pooled connection ([`super::pool`]).
+//! h2 stream on a pooled connection ([`pool`]).
 //!
 //! Dropping an exchange's handles resets its h2 stream with CANCEL, which is how a client's
 //! cancel reaches the backend.
+
+pub mod pool;
 
 use std::future::poll_fn;
 use std::rc::Rc;
@@ -16,8 +18,8 @@ use super::connector::{
     BodyFailure, Connector, ExchangeFailure, PendingResponse, ResponseBody, ResponseHead, Upload,
     UploadClosed,
 };
-use super::pool::{BackendPool, Lease};
 use crate::http::RequestHead;
+use pool::{H2cPool, Lease};
 
 /// A request sent, its response not yet here. Holds the stream's slot on its connection.
 pub struct H2Pending {
@@ -34,7 +36,7 @@ pub struct H2Upload {
     send: SendStream<Bytes>,
 }
 
-impl Connector for Rc<BackendPool> {
+impl Connector for Rc<H2cPool> {
     type Pending = H2Pending;
     type Upload = H2Upload;
 

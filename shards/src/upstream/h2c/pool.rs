@@ -1,5 +1,4 @@
-//! One shard's HTTP/2 connections to one backend (the exchanges on them are in
-//! [`super::h2c`]).
+//! One shard's HTTP/2 connections to one backend (the exchanges on them are in [`super`]).
 //!
 //! Requests share multiplexed connections. A connection takes new streams until it holds as many
 //! as the backend's SETTINGS_MAX_CONCURRENT_STREAMS allows; then the pool opens another. A
@@ -77,7 +76,7 @@ impl Lease {
     }
 }
 
-pub struct BackendPool {
+pub struct H2cPool {
     address: SocketAddr,
     /// The backend's counter slot.
     stats_slot: usize,
@@ -92,14 +91,14 @@ pub struct BackendPool {
     stats: Arc<ShardStats>,
 }
 
-impl BackendPool {
+impl H2cPool {
     pub fn new(
         address: SocketAddr,
         stats_slot: usize,
         connect_timeout: Duration,
         stats: Arc<ShardStats>,
     ) -> Rc<Self> {
-        Rc::new(BackendPool {
+        Rc::new(H2cPool {
             address,
             stats_slot,
             connect_timeout,
