@@ -67,7 +67,8 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
             timeouts: UpstreamTimeouts::default(),
             retries: shards::plan::DEFAULT_RETRIES,
             retry_budget: shards::plan::DEFAULT_RETRY_BUDGET,
-            protocol: shards::plan::BackendProtocol::H2c,
+            protocol: shards::plan::BackendProtocol::Http2,
+            tls: None,
             backends: vec![BackendPlan {
                 id: "built-in".into(),
                 address: backend,

@@ -1,8 +1,9 @@
 //! Active health checks, run by the coordinator side of the process.
 //!
 //! One thread with its own glommio executor probes every backend that has a `health_check`: a GET
-//! of the configured path in the upstream's protocol (HTTP/2 with prior knowledge, or HTTP/1.1
-//! with `Connection: close`) on a fresh connection, within `timeout`, every `interval`
+//! of the configured path in the upstream's protocol (HTTP/2, or HTTP/1.1 with
+//! `Connection: close`) on a fresh connection, over TLS when the upstream has it and verified as
+//! the shards verify it, within `timeout`, every `interval`
 //! (first probe at a random offset, then with ±10% jitter, so checks of many backends and many
 //! processes do not fall in step). A backend turns unhealthy after `failure_threshold` failed
 //! probes in a row and healthy again after `success_threshold` passes. Only changes are reported,
@@ -16,7 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use shards::balance::rng::XorShift64;
 use shards::plan::{BackendProtocol, HealthCheckPlan, ProxyPlan};
 use shards::rt;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
+use shards::tls::backend::BackendTls;
+use shards::upstream::dial::{BackendStream, Dialer};
 
 use crate::coordinator::Coordinator;
 
@@ -36,6 +38,7 @@ struct Target {
     backend: usize,
     address: SocketAddr,
     protocol: BackendProtocol,
+    tls: Option<BackendTls>,
     check: HealthCheckPlan,
 }
 
@@ -63,6 +66,7 @@ impl HealthChecker {
                             backend: b,
                             address: backend.address,
                             protocol: upstream.protocol,
+                            tls: upstream.tls.clone(),
                             check,
                         })
                     })
@@ -103,6 +107,8 @@ async fn check_loop(
     stop: Arc<AtomicBool>,
 ) {
     let mut rng = Jitter::new(seed);
+    // Built here, on the checker's thread: a dialer holds per-thread state (its session cache).
+    let dialer = Dialer::new(target.address, target.tls.as_ref());
     let interval = target.check.interval;
     let mut healthy = true;
     let (mut failures, mut successes) = (0u32, 0u32);
@@ -121,7 +127,7 @@ async fn check_loop(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let passed = rt::within(target.check.timeout, probe(&target))
+        let passed = rt::within(target.check.timeout, probe(&target, &dialer))
             .await
             .flatten()
             .unwrap_or(false);
@@ -152,22 +158,33 @@ async fn check_loop(
 }
 
 /// One probe: connect, then `GET path` in the backend's protocol; `Some(true)` for a 2xx status.
-async fn probe(target: &Target) -> Option<bool> {
-    let stream = rt::TcpStream::connect(target.address).await.ok()?;
-    stream.set_nodelay(true).ok()?;
+async fn probe(target: &Target, dialer: &Dialer) -> Option<bool> {
+    let stream = dialer.dial().await.ok()?;
     let path = &target.check.path;
     match target.protocol {
-        BackendProtocol::H2c => probe_h2(stream, target.address, path).await,
+        BackendProtocol::Http2 => {
+            let scheme = if target.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            probe_h2(stream, scheme, target.address, path).await
+        }
         BackendProtocol::Http1(_) => probe_http1(stream, target.address, path).await,
     }
 }
 
-async fn probe_h2(stream: rt::TcpStream, address: SocketAddr, path: &str) -> Option<bool> {
-    let (mut sender, connection) = h2::client::handshake(stream.compat()).await.ok()?;
+async fn probe_h2(
+    stream: BackendStream,
+    scheme: &str,
+    address: SocketAddr,
+    path: &str,
+) -> Option<bool> {
+    let (mut sender, connection) = h2::client::handshake(stream).await.ok()?;
     let driver = rt::spawn_joined(async move {
         let _ = connection.await;
     });
-    let request = http::Request::get(format!("http://{address}{path}"))
+    let request = http::Request::get(format!("{scheme}://{address}{path}"))
         .header("user-agent", USER_AGENT)
         .body(())
         .ok()?;
@@ -177,8 +194,8 @@ async fn probe_h2(stream: rt::TcpStream, address: SocketAddr, path: &str) -> Opt
     Some(response.status().is_success())
 }
 
-async fn probe_http1(stream: rt::TcpStream, address: SocketAddr, path: &str) -> Option<bool> {
-    let io = hyper_util::rt::TokioIo::new(stream.compat());
+async fn probe_http1(stream: BackendStream, address: SocketAddr, path: &str) -> Option<bool> {
+    let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.ok()?;
     let driver = rt::spawn_joined(async move {
         let _ = connection.await;

@@ -110,6 +110,7 @@ impl RunningProxy {
     pub fn start(mut settings: ProxySettings) -> Result<Self, StartError> {
         // Validate TLS material once, here, so a bad file fails startup instead of every shard.
         shards::quic::config::quic_config(&settings.plan).map_err(StartError::Tls)?;
+        warn_unverified_backends(&settings.plan);
         let (sockets, tcp_reservation) =
             shards::net::reuseport::bind_udp_and_tcp(settings.listen, settings.cores.len())
                 .map_err(|source| StartError::Bind {
@@ -226,6 +227,7 @@ impl RunningProxy {
     /// restart can change are left as they are and named in the returned list.
     pub fn reload(&mut self, mut settings: ProxySettings) -> Result<Vec<&'static str>, StartError> {
         shards::quic::config::quic_config(&settings.plan).map_err(StartError::Tls)?;
+        warn_unverified_backends(&settings.plan);
         let mut needs_restart = Vec::new();
         if settings.listen != self.listen {
             needs_restart.push("listen.address/listen.port");
@@ -384,4 +386,21 @@ fn random_secret() -> Result<[u8; 32], StartError> {
     let mut file = std::fs::File::open("/dev/urandom").map_err(|_| StartError::Random)?;
     io::Read::read_exact(&mut file, &mut secret).map_err(|_| StartError::Random)?;
     Ok(secret)
+}
+
+/// `tls.insecure_skip_verify` is an opt-in the log must show every time it takes effect.
+fn warn_unverified_backends(plan: &ProxyPlan) {
+    for upstream in &plan.upstreams {
+        if upstream
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.skips_verification())
+        {
+            log::warn!(
+                "upstream.{}.tls.insecure_skip_verify = true: the backends' certificates are not \
+                 verified; anyone on the path to them can impersonate them",
+                upstream.name
+            );
+        }
+    }
 }

@@ -354,6 +354,7 @@ fn run_backend(args: BackendArgs) -> Result<(), Failure> {
         threads: args.threads,
         record_paths: false,
         http1: args.http1,
+        tls: None,
     })
     .map_err(|e| Failure::Run(format!("cannot listen on {listen}: {e}")))?;
     println!("listening on {}", handle.addr());

@@ -166,9 +166,11 @@ pub struct RawUpstream {
     pub timeouts: Option<RawTimeouts>,
     pub retries: Option<Int>,
     pub retry_budget_percent: Option<Int>,
-    /// `h2c` (the default) or `http/1.1`, checked by validation so the message names the key.
+    /// `h2c` (the default), `h2` or `http/1.1`, checked by validation so the message names
+    /// the key.
     pub protocol: Option<String>,
     pub keepalive: Option<RawKeepAlive>,
+    pub tls: Option<RawBackendTls>,
     /// Defaults to empty so that an empty pool is reported by validation with its key path.
     #[serde(default)]
     pub backends: Vec<RawBackend>,
@@ -180,6 +182,17 @@ pub struct RawUpstream {
 pub struct RawKeepAlive {
     pub max_idle: Option<Int>,
     pub idle_timeout_ms: Option<Int>,
+}
+
+/// `[upstream.NAME.tls]`: TLS towards the backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

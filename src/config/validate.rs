@@ -17,12 +17,14 @@ use shards::plan::{
     DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
 };
 
+use rustls_pki_types::ServerName;
+use shards::tls::backend::{BackendTls, BackendTlsError, BackendTlsSettings};
 use shards::tls::{SniCertificates, TlsError, TlsIdentity};
 
 use super::error::Problem;
 use super::model::{
-    BalancingKind, Int, RawCertificate, RawConfig, RawHealthCheck, RawKeepAlive, RawQuic,
-    RawRedirect, RawRuntime, RawUpstream,
+    BalancingKind, Int, RawBackendTls, RawCertificate, RawConfig, RawHealthCheck, RawKeepAlive,
+    RawQuic, RawRedirect, RawRuntime, RawUpstream,
 };
 use super::{Config, LogFormat};
 use upstreams::check_upstreams;
@@ -98,6 +100,11 @@ pub(super) struct Problems(Vec<Problem>);
 impl Problems {
     pub(super) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem::new(key, message));
+    }
+
+    /// Problems found so far; a check compares it before and after to see whether it added any.
+    pub(super) fn count(&self) -> usize {
+        self.0.len()
     }
 
     /// Checks `lo <= value <= hi`; `unit` is appended to the bounds in the message.
@@ -241,7 +248,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         },
     };
     let quic = check_quic(&mut p, &raw.quic);
-    let upstreams = check_upstreams(&mut p, &raw.upstream.0);
+    let upstreams = check_upstreams(&mut p, &raw.upstream.0, base_dir);
 
     let log_level = match raw.log.level.as_deref() {
         None => DEFAULT_LOG_LEVEL,

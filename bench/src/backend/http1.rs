@@ -25,7 +25,10 @@ use super::{pattern_byte, Context, CHUNK};
 
 type ReplyBody = BoxBody<Bytes, hyper::Error>;
 
-pub(super) async fn serve_connection(stream: tokio::net::TcpStream, context: Arc<Context>) {
+pub(super) async fn serve_connection<S>(stream: S, context: Arc<Context>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request| {
         let context = context.clone();
         async move { Ok::<_, Infallible>(handle(request, &context).await) }

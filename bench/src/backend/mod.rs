@@ -56,6 +56,27 @@ pub struct BackendOptions {
     pub record_paths: bool,
     /// Speak HTTP/1.1 (keep-alive, chunked) instead of h2c.
     pub http1: bool,
+    /// Serve over TLS (ALPN `h2`, or `http/1.1` with [`Self::http1`]).
+    pub tls: Option<BackendTlsOptions>,
+}
+
+/// The test backend's TLS: its certificate, and the CA client certificates must come from when
+/// it asks for them (mutual TLS).
+#[derive(Clone, Debug)]
+pub struct BackendTlsOptions {
+    /// PEM chain, leaf first.
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Require a client certificate issued by this CA (PEM).
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// What one TLS handshake with the backend showed: the name the client asked for (SNI) and
+/// whether it presented a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsHandshake {
+    pub server_name: Option<String>,
+    pub client_certificate: bool,
 }
 
 impl BackendOptions {
@@ -68,6 +89,7 @@ impl BackendOptions {
             threads: 2,
             record_paths: true,
             http1: false,
+            tls: None,
         }
     }
 }
@@ -98,6 +120,7 @@ pub struct BackendHandle {
     addr: SocketAddr,
     counters: Arc<Counters>,
     paths: Arc<Mutex<Vec<String>>>,
+    handshakes: Arc<Mutex<Vec<TlsHandshake>>>,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -123,6 +146,14 @@ impl BackendHandle {
         self.counters
             .unhealthy
             .store(u64::from(!healthy), Ordering::SeqCst);
+    }
+
+    /// Every completed TLS handshake, in order.
+    pub fn tls_handshakes(&self) -> Vec<TlsHandshake> {
+        self.handshakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Requests received whose path starts with `prefix`.
@@ -160,13 +191,20 @@ pub fn start(options: BackendOptions) -> io::Result<BackendHandle> {
     let addr = listener.local_addr()?;
     let counters = Arc::new(Counters::default());
     let paths = Arc::new(Mutex::new(Vec::new()));
+    let handshakes = Arc::new(Mutex::new(Vec::new()));
     let (stop, stopped) = watch::channel(false);
+    let tls = match &options.tls {
+        Some(tls) => Some(tls_acceptor(tls, options.http1)?),
+        None => None,
+    };
     let context = Arc::new(Context {
         name: options.name.clone(),
         counters: counters.clone(),
         paths: paths.clone(),
+        handshakes: handshakes.clone(),
         record_paths: options.record_paths,
         http1: options.http1,
+        tls,
     });
     let max_streams = options.max_concurrent_streams;
     let thread = std::thread::Builder::new()
@@ -180,6 +218,7 @@ pub fn start(options: BackendOptions) -> io::Result<BackendHandle> {
         addr,
         counters,
         paths,
+        handshakes,
         stop,
         thread: Some(thread),
     })
@@ -189,8 +228,77 @@ struct Context {
     name: String,
     counters: Arc<Counters>,
     paths: Arc<Mutex<Vec<String>>>,
+    handshakes: Arc<Mutex<Vec<TlsHandshake>>>,
     record_paths: bool,
     http1: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+fn tls_acceptor(options: &BackendTlsOptions, http1: bool) -> io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid =
+        |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    let chain = CertificateDer::pem_file_iter(&options.cert)
+        .map_err(|e| invalid(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&e))?;
+    let key = PrivateKeyDer::from_pem_file(&options.key).map_err(|e| invalid(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&e))?;
+    let builder = match &options.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| invalid(&e))? {
+                roots
+                    .add(cert.map_err(|e| invalid(&e))?)
+                    .map_err(|e| invalid(&e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| invalid(&e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid(&e))?;
+    config.alpn_protocols = vec![if http1 {
+        b"http/1.1".to_vec()
+    } else {
+        b"h2".to_vec()
+    }];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Runs the TLS handshake when the backend has TLS, recording what the client showed.
+async fn accept_tls(
+    stream: tokio::net::TcpStream,
+    context: &Context,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let acceptor = context.tls.as_ref()?;
+    let stream = match acceptor.accept(stream).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            log::debug!("backend TLS handshake failed: {e}");
+            return None;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let seen = TlsHandshake {
+        server_name: session.server_name().map(str::to_string),
+        client_certificate: session.peer_certificates().is_some_and(|c| !c.is_empty()),
+    };
+    if let Ok(mut handshakes) = context.handshakes.lock() {
+        handshakes.push(seen);
+    }
+    Some(stream)
 }
 
 async fn accept_loop(
@@ -206,21 +314,35 @@ async fn accept_loop(
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 context.counters.connections_accepted.fetch_add(1, Ordering::SeqCst);
-                if context.http1 {
-                    tokio::spawn(http1::serve_connection(stream, context.clone()));
-                } else {
-                    tokio::spawn(serve_connection(stream, context.clone(), max_streams));
-                }
+                let context = context.clone();
+                tokio::spawn(async move {
+                    if context.tls.is_some() {
+                        let Some(stream) = accept_tls(stream, &context).await else { return };
+                        serve(stream, context, max_streams).await;
+                    } else {
+                        serve(stream, context, max_streams).await;
+                    }
+                });
             }
         }
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    context: Arc<Context>,
-    max_streams: Option<u32>,
-) {
+async fn serve<S>(stream: S, context: Arc<Context>, max_streams: Option<u32>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if context.http1 {
+        http1::serve_connection(stream, context).await;
+    } else {
+        serve_connection(stream, context, max_streams).await;
+    }
+}
+
+async fn serve_connection<S>(stream: S, context: Arc<Context>, max_streams: Option<u32>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = h2::server::Builder::new();
     builder
         .initial_window_size(1024 * 1024)

@@ -37,7 +37,7 @@ pub async fn attempt<D: Downstream>(
         in_flight: &in_flight,
     };
     match &upstream.pools[backend] {
-        BackendPool::H2c(pool) => exchange.run(pool).await,
+        BackendPool::Http2(pool) => exchange.run(pool).await,
         BackendPool::Http1(pool) => exchange.run(pool).await,
     }
 }

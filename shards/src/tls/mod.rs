@@ -4,8 +4,9 @@
 //! configuration (at start and on every reload) and sends it inside the plan, so every shard
 //! serves the same certificate during a rotation and no shard thread blocks on disk IO. The
 //! parsed certificates and key are reference-counted BoringSSL objects, shared by the shards'
-//! own TLS contexts ([`crate::quic::config`]).
+//! own TLS contexts ([`crate::quic::config`]). TLS towards backends is in [`backend`].
 
+pub mod backend;
 mod sni;
 
 pub use sni::SniCertificates;

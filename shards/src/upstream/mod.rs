@@ -2,11 +2,12 @@
 //!
 //! Built once per shard from the plan; every piece is the shard's own, so picking a backend and
 //! finding a connection to it touch no shared state. Backends are reached through the
-//! [`connector`] seam, which [`h2c`] implements for cleartext HTTP/2 and [`http1`] for HTTP/1.1.
+//! [`connector`] seam, which [`http2`] implements for cleartext HTTP/2 and [`http1`] for HTTP/1.1.
 
 pub mod connector;
-pub mod h2c;
+pub mod dial;
 pub mod http1;
+pub mod http2;
 pub mod retry_budget;
 pub mod router;
 
@@ -18,8 +19,9 @@ use crate::balance::Balancer;
 use crate::control::HealthSnapshot;
 use crate::plan::{BackendPlan, BackendProtocol, ProxyPlan, UpstreamPlan};
 use crate::stats::ShardStats;
-use h2c::pool::H2cPool;
+use dial::Dialer;
 use http1::pool::Http1Pool;
+use http2::pool::Http2Pool;
 pub use retry_budget::RetryBudget;
 use router::{Router, UpstreamIndex};
 
@@ -34,26 +36,23 @@ pub struct Upstream {
 /// One shard's connections to one backend, in the upstream's protocol.
 #[derive(Clone)]
 pub enum BackendPool {
-    H2c(Rc<H2cPool>),
+    Http2(Rc<Http2Pool>),
     Http1(Rc<Http1Pool>),
 }
 
 impl BackendPool {
-    fn new(
-        protocol: BackendProtocol,
-        backend: &BackendPlan,
-        connect_timeout: std::time::Duration,
-        stats: &Arc<ShardStats>,
-    ) -> BackendPool {
-        match protocol {
-            BackendProtocol::H2c => BackendPool::H2c(H2cPool::new(
-                backend.address,
+    fn new(upstream: &UpstreamPlan, backend: &BackendPlan, stats: &Arc<ShardStats>) -> BackendPool {
+        let dialer = Dialer::new(backend.address, upstream.tls.as_ref());
+        let connect_timeout = upstream.timeouts.connect;
+        match upstream.protocol {
+            BackendProtocol::Http2 => BackendPool::Http2(Http2Pool::new(
+                dialer,
                 backend.stats_slot,
                 connect_timeout,
                 stats.clone(),
             )),
             BackendProtocol::Http1(keepalive) => BackendPool::Http1(Http1Pool::new(
-                backend.address,
+                dialer,
                 backend.stats_slot,
                 connect_timeout,
                 keepalive,
@@ -63,19 +62,15 @@ impl BackendPool {
     }
 
     /// Whether this pool can serve `backend` with these settings unchanged.
-    fn serves(
-        &self,
-        protocol: BackendProtocol,
-        backend: &BackendPlan,
-        connect_timeout: std::time::Duration,
-    ) -> bool {
+    fn serves(&self, upstream: &UpstreamPlan, backend: &BackendPlan) -> bool {
         let (address, slot) = (backend.address, backend.stats_slot);
-        match (self, protocol) {
-            (BackendPool::H2c(pool), BackendProtocol::H2c) => {
-                pool.serves(address, slot, connect_timeout)
+        let (tls, connect) = (upstream.tls.as_ref(), upstream.timeouts.connect);
+        match (self, upstream.protocol) {
+            (BackendPool::Http2(pool), BackendProtocol::Http2) => {
+                pool.serves(address, tls, slot, connect)
             }
             (BackendPool::Http1(pool), BackendProtocol::Http1(keepalive)) => {
-                pool.serves(address, slot, connect_timeout, keepalive)
+                pool.serves(address, tls, slot, connect, keepalive)
             }
             _ => false,
         }
@@ -90,7 +85,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Builds the shard's upstreams for `plan`. Pools of `previous` whose backend is unchanged
-    /// (same protocol, address, counter slot and connection settings) are kept, so a reload
+    /// (same protocol, address, TLS, counter slot and connection settings) are kept, so a reload
     /// does not drop warm connections.
     pub fn new(
         plan: &ProxyPlan,
@@ -120,12 +115,11 @@ impl Upstreams {
                     .backends
                     .iter()
                     .map(|b| {
-                        let (protocol, connect) = (upstream.protocol, upstream.timeouts.connect);
                         reusable
                             .iter()
-                            .find(|pool| pool.serves(protocol, b, connect))
+                            .find(|pool| pool.serves(upstream, b))
                             .map(|pool| (*pool).clone())
-                            .unwrap_or_else(|| BackendPool::new(protocol, b, connect, stats))
+                            .unwrap_or_else(|| BackendPool::new(upstream, b, stats))
                     })
                     .collect(),
             })

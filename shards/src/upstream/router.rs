@@ -113,7 +113,8 @@ mod tests {
             timeouts: UpstreamTimeouts::default(),
             retries: 0,
             retry_budget: 0.0,
-            protocol: crate::plan::BackendProtocol::H2c,
+            protocol: crate::plan::BackendProtocol::Http2,
+            tls: None,
             backends: vec![],
         }
     }

@@ -226,7 +226,7 @@ fn sni_certificates_serve_the_names_in_them_unless_hosts_are_given() {
 fn backend_protocol_defaults_to_h2c_and_http1_takes_keepalive_settings() {
     let s = Scratch::new();
     let plan = s.parse(&s.full()).unwrap().plan();
-    assert_eq!(plan.upstreams[0].protocol, BackendProtocol::H2c);
+    assert_eq!(plan.upstreams[0].protocol, BackendProtocol::Http2);
     let text = edit(
         &s.full(),
         "load_balancing = { type = \"random\" }",
@@ -243,7 +243,7 @@ fn backend_protocol_defaults_to_h2c_and_http1_takes_keepalive_settings() {
     );
     assert_eq!(
         plan.upstreams[1].protocol,
-        BackendProtocol::H2c,
+        BackendProtocol::Http2,
         "the protocol is per upstream"
     );
     let text = edit(
@@ -256,4 +256,44 @@ fn backend_protocol_defaults_to_h2c_and_http1_takes_keepalive_settings() {
         plan.upstreams[0].protocol,
         BackendProtocol::Http1(DEFAULT_KEEPALIVE)
     );
+}
+
+#[test]
+fn h2_implies_tls_and_http1_uses_it_when_the_table_is_present() {
+    let s = Scratch::new();
+    let with = |settings: &str| {
+        edit(
+            &s.full(),
+            "load_balancing = { type = \"random\" }",
+            &format!("load_balancing = {{ type = \"random\" }}\n{settings}"),
+        )
+    };
+    let ca = s.certs.ca.display().to_string();
+    let plan = s
+        .parse(&with(&format!(
+            "protocol = \"h2\"\ntls = {{ ca = \"{ca}\" }}"
+        )))
+        .unwrap()
+        .plan();
+    let tls = plan.upstreams[0].tls.as_ref().expect("h2 is TLS");
+    assert_eq!(tls.alpn(), b"h2");
+    assert!(!tls.skips_verification());
+    assert!(
+        plan.upstreams[1].tls.is_none(),
+        "the other upstream stays cleartext"
+    );
+    let plan = s
+        .parse(&with(
+            "protocol = \"http/1.1\"\ntls = { insecure_skip_verify = true }",
+        ))
+        .unwrap()
+        .plan();
+    let tls = plan.upstreams[0]
+        .tls
+        .as_ref()
+        .expect("http/1.1 with a tls table");
+    assert_eq!(tls.alpn(), b"http/1.1");
+    assert!(tls.skips_verification());
+    let plan = s.parse(&with("protocol = \"http/1.1\"")).unwrap().plan();
+    assert!(plan.upstreams[0].tls.is_none());
 }

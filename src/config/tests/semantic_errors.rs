@@ -501,7 +501,7 @@ fn unknown_backend_protocol() {
     assert_problem(
         &s.problems(&text),
         "upstream.api_pool.protocol",
-        "`spdy` is not a backend protocol; use \"h2c\" (cleartext HTTP/2, the default) or \"http/1.1\"",
+        "`spdy` is not a backend protocol; use \"h2c\" (cleartext HTTP/2, the default), \"h2\" (HTTP/2 over TLS) or \"http/1.1\"",
     );
 }
 
@@ -534,6 +534,57 @@ fn keepalive_belongs_to_http1_and_is_bounded() {
         &problems,
         "upstream.api_pool.keepalive.idle_timeout_ms",
         "must be at least 1 ms, got 0",
+    );
+}
+
+/// The api_pool upstream with `settings` added after its balancing line.
+fn api_pool_with(s: &Scratch, settings: &str) -> String {
+    edit(
+        &s.full(),
+        "load_balancing = { type = \"random\" }",
+        &format!("load_balancing = {{ type = \"random\" }}\n{settings}"),
+    )
+}
+
+#[test]
+fn backend_tls_problems_name_their_key() {
+    let s = Scratch::new();
+    let ca = s.certs.ca.display().to_string();
+    assert_problem(
+        &s.problems(&api_pool_with(&s, &format!("tls = {{ ca = \"{ca}\" }}"))),
+        "upstream.api_pool.tls",
+        "h2c is cleartext HTTP/2; use protocol = \"h2\" for HTTP/2 over TLS",
+    );
+    let both = format!("protocol = \"h2\"\ntls = {{ ca = \"{ca}\", insecure_skip_verify = true }}");
+    assert_problem(
+        &s.problems(&api_pool_with(&s, &both)),
+        "upstream.api_pool.tls.ca",
+        "has no use with insecure_skip_verify = true",
+    );
+    let name = "protocol = \"h2\"\ntls = { server_name = \"not a name\" }";
+    assert_problem(
+        &s.problems(&api_pool_with(&s, name)),
+        "upstream.api_pool.tls.server_name",
+        "`not a name` is not a DNS name or IP address",
+    );
+    let half = format!("protocol = \"http/1.1\"\ntls = {{ cert = \"{ca}\" }}");
+    assert_problem(
+        &s.problems(&api_pool_with(&s, &half)),
+        "upstream.api_pool.tls.key",
+        "is required with tls.cert (mutual TLS)",
+    );
+    let missing = "protocol = \"h2\"\ntls = { ca = \"nowhere/ca.pem\" }";
+    assert_problem(
+        &s.problems(&api_pool_with(&s, missing)),
+        "upstream.api_pool.tls.ca",
+        "cannot read",
+    );
+    let key = s.certs.private_key.display().to_string();
+    let not_a_ca = format!("protocol = \"h2\"\ntls = {{ ca = \"{key}\" }}");
+    assert_problem(
+        &s.problems(&api_pool_with(&s, &not_a_ca)),
+        "upstream.api_pool.tls.ca",
+        "contains a private key but no certificate",
     );
 }
 

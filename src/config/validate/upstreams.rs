@@ -6,6 +6,7 @@ use super::*;
 pub(super) fn check_upstreams(
     p: &mut Problems,
     upstreams: &[(String, RawUpstream)],
+    base_dir: &Path,
 ) -> Vec<UpstreamPlan> {
     if upstreams.is_empty() {
         p.push(
@@ -228,7 +229,8 @@ pub(super) fn check_upstreams(
             .unwrap_or(20) as f64
             / 100.0;
 
-        let protocol = check_protocol(p, &base, up);
+        let (protocol, transport) = check_protocol(p, &base, up);
+        let tls = check_backend_tls(p, &base, up, protocol, transport, base_dir);
 
         plans.push(UpstreamPlan {
             name: name.clone(),
@@ -242,27 +244,40 @@ pub(super) fn check_upstreams(
             retries,
             retry_budget,
             protocol,
+            tls,
             backends,
         });
     }
     plans
 }
 
+/// Whether a protocol runs over TLS.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// `h2c`: never.
+    Cleartext,
+    /// `h2`: always.
+    Tls,
+    /// `http/1.1`: when the `tls` table is present.
+    TlsIfConfigured,
+}
+
 /// `protocol` and the `keepalive` table that only HTTP/1.1 uses.
-fn check_protocol(p: &mut Problems, base: &str, up: &RawUpstream) -> BackendProtocol {
+fn check_protocol(p: &mut Problems, base: &str, up: &RawUpstream) -> (BackendProtocol, Transport) {
     let key = format!("{base}.protocol");
-    let http1 = match up.protocol.as_deref() {
-        None | Some("h2c") => false,
-        Some("http/1.1") => true,
+    let (http1, transport) = match up.protocol.as_deref() {
+        None | Some("h2c") => (false, Transport::Cleartext),
+        Some("h2") => (false, Transport::Tls),
+        Some("http/1.1") => (true, Transport::TlsIfConfigured),
         Some(other) => {
             p.push(
                 &key,
                 format!(
                     "`{other}` is not a backend protocol; use \"h2c\" (cleartext HTTP/2, the \
-                     default) or \"http/1.1\""
+                     default), \"h2\" (HTTP/2 over TLS) or \"http/1.1\""
                 ),
             );
-            false
+            (false, Transport::TlsIfConfigured)
         }
     };
     let keepalive = match (&up.keepalive, http1) {
@@ -277,10 +292,132 @@ fn check_protocol(p: &mut Problems, base: &str, up: &RawUpstream) -> BackendProt
             DEFAULT_KEEPALIVE
         }
     };
-    if http1 {
+    let protocol = if http1 {
         BackendProtocol::Http1(keepalive)
     } else {
-        BackendProtocol::H2c
+        BackendProtocol::Http2
+    };
+    (protocol, transport)
+}
+
+/// `[upstream.NAME.tls]`, and the TLS that `protocol = "h2"` implies without it.
+fn check_backend_tls(
+    p: &mut Problems,
+    base: &str,
+    up: &RawUpstream,
+    protocol: BackendProtocol,
+    transport: Transport,
+    base_dir: &Path,
+) -> Option<BackendTls> {
+    let key = format!("{base}.tls");
+    let empty = RawBackendTls {
+        ca: None,
+        server_name: None,
+        cert: None,
+        key: None,
+        insecure_skip_verify: None,
+    };
+    let raw = match (transport, up.tls.as_ref()) {
+        (Transport::Cleartext, None) | (Transport::TlsIfConfigured, None) => return None,
+        (Transport::Cleartext, Some(_)) => {
+            p.push(
+                &key,
+                "h2c is cleartext HTTP/2; use protocol = \"h2\" for HTTP/2 over TLS (or \
+                 \"http/1.1\" for HTTP/1.1 over TLS)",
+            );
+            return None;
+        }
+        (Transport::Tls, raw) => raw.unwrap_or(&empty),
+        (Transport::TlsIfConfigured, Some(raw)) => raw,
+    };
+    let problems_before = p.count();
+    let insecure = raw.insecure_skip_verify.unwrap_or(false);
+    let ca = raw.ca.as_ref().and_then(|ca| {
+        if insecure {
+            p.push(
+                format!("{key}.ca"),
+                "has no use with insecure_skip_verify = true, which accepts any certificate; \
+                 remove one of them",
+            );
+            return None;
+        }
+        check_pem_file(p, &format!("{key}.ca"), ca, base_dir, PemKind::Certificate)
+    });
+    let server_name =
+        raw.server_name
+            .as_ref()
+            .and_then(|name| match ServerName::try_from(name.clone()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    p.push(
+                        format!("{key}.server_name"),
+                        format!("`{name}` is not a DNS name or IP address"),
+                    );
+                    None
+                }
+            });
+    let identity = match (&raw.cert, &raw.key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            p.push(
+                format!("{key}.key"),
+                "is required with tls.cert (mutual TLS)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            p.push(
+                format!("{key}.cert"),
+                "is required with tls.key (mutual TLS)",
+            );
+            None
+        }
+        (Some(cert), Some(private)) => {
+            let cert = check_pem_file(
+                p,
+                &format!("{key}.cert"),
+                cert,
+                base_dir,
+                PemKind::Certificate,
+            );
+            let private = check_pem_file(
+                p,
+                &format!("{key}.key"),
+                private,
+                base_dir,
+                PemKind::PrivateKey,
+            );
+            match (cert, private) {
+                (Some(cert), Some(private)) => load_identity(p, &key, &cert, &private),
+                _ => None,
+            }
+        }
+    };
+    if p.count() > problems_before {
+        return None;
+    }
+    let alpn: &'static [u8] = match protocol {
+        BackendProtocol::Http2 => b"h2",
+        BackendProtocol::Http1(_) => b"http/1.1",
+    };
+    let settings = BackendTlsSettings {
+        ca: ca.as_deref(),
+        client_identity: identity.as_ref(),
+        server_name,
+        insecure_skip_verify: insecure,
+        alpn,
+    };
+    match BackendTls::build(&settings) {
+        // Logged by the runtime each time the plan takes effect: the logger is not set up yet.
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            let at = match e {
+                BackendTlsError::Config(_) => key,
+                _ => format!("{key}.ca"),
+            };
+            p.push(at, e.to_string());
+            None
+        }
     }
 }
 

@@ -9,7 +9,6 @@
 //! been idle for `idle_timeout`.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,12 +16,13 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::upload::UploadBody;
 use crate::plan::KeepAlive;
-use crate::rt::{self, TcpStream};
+use crate::rt;
 use crate::stats::ShardStats;
+use crate::tls::backend::BackendTls;
+use crate::upstream::dial::{DialError, Dialer};
 
 /// Longest wait for a returned connection to be ready for its next request. hyper makes it
 /// ready as soon as its task has seen the last response end, within a turn of the event loop;
@@ -32,8 +32,8 @@ const READY_WAIT: Duration = Duration::from_millis(100);
 /// Why no connection could be opened to the backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("connect: {0}")]
-    Tcp(#[source] std::io::Error),
+    #[error(transparent)]
+    Dial(#[from] DialError),
     #[error("connect timed out after {0:?}")]
     TimedOut(Duration),
     #[error("HTTP/1.1 handshake: {0}")]
@@ -56,7 +56,7 @@ pub struct Http1Connection {
 }
 
 pub struct Http1Pool {
-    address: SocketAddr,
+    dialer: Dialer,
     /// The backend's counter slot.
     stats_slot: usize,
     connect_timeout: Duration,
@@ -68,14 +68,14 @@ pub struct Http1Pool {
 
 impl Http1Pool {
     pub fn new(
-        address: SocketAddr,
+        dialer: Dialer,
         stats_slot: usize,
         connect_timeout: Duration,
         keepalive: KeepAlive,
         stats: Arc<ShardStats>,
     ) -> Rc<Self> {
         Rc::new(Http1Pool {
-            address,
+            dialer,
             stats_slot,
             connect_timeout,
             keepalive,
@@ -87,12 +87,13 @@ impl Http1Pool {
     /// Whether this pool can serve a backend with these settings unchanged.
     pub fn serves(
         &self,
-        address: SocketAddr,
+        address: std::net::SocketAddr,
+        tls: Option<&BackendTls>,
         stats_slot: usize,
         connect_timeout: Duration,
         keepalive: KeepAlive,
     ) -> bool {
-        self.address == address
+        self.dialer.serves(address, tls)
             && self.stats_slot == stats_slot
             && self.connect_timeout == connect_timeout
             && self.keepalive == keepalive
@@ -131,7 +132,7 @@ impl Http1Pool {
             Ok(_) => self.stats.backend_connects.incr(),
             Err(e) => {
                 self.stats.backend_connect_failures.incr();
-                log::debug!("backend {}: {e}", self.address);
+                log::debug!("backend {}: {e}", self.dialer.address());
             }
         }
         outcome
@@ -148,21 +149,15 @@ impl Http1Pool {
     }
 
     async fn connect(&self) -> Result<Http1Connection, ConnectError> {
-        let stream = TcpStream::connect(self.address)
-            .await
-            .map_err(|e| ConnectError::Tcp(e.into()))?;
-        // Without it Nagle holds a small request head back until the previous segment's ACK.
-        stream
-            .set_nodelay(true)
-            .map_err(|e| ConnectError::Tcp(e.into()))?;
+        let stream = self.dialer.dial().await?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, UploadBody>(TokioIo::new(stream.compat()))
+            .handshake::<_, UploadBody>(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;
         let state = Rc::new(ConnectionState::default());
         let driver_state = state.clone();
         let idle_timeout = self.keepalive.idle_timeout;
-        let address = self.address;
+        let address = self.dialer.address();
         let stats = self.stats.clone();
         let slot = self.stats_slot;
         if let Some(counters) = stats.backend(slot) {

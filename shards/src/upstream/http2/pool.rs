@@ -9,18 +9,17 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use crate::rt;
+use crate::stats::ShardStats;
+use crate::tls::backend::BackendTls;
+use crate::upstream::dial::{DialError, Dialer};
 use bytes::Bytes;
 use h2::client::SendRequest;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
-
-use crate::rt::{self, TcpStream};
-use crate::stats::ShardStats;
 
 /// The connection attempt a request waited for failed (the pool logged why).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +36,8 @@ const MAX_FRAME_SIZE: u32 = 256 * 1024;
 /// Why no connection could be opened to the backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("connect: {0}")]
-    Tcp(#[source] std::io::Error),
+    #[error(transparent)]
+    Dial(#[from] DialError),
     #[error("connect timed out after {0:?}")]
     TimedOut(Duration),
     #[error("HTTP/2 handshake: {0}")]
@@ -76,8 +75,8 @@ impl Lease {
     }
 }
 
-pub struct H2cPool {
-    address: SocketAddr,
+pub struct Http2Pool {
+    dialer: Dialer,
     /// The backend's counter slot.
     stats_slot: usize,
     connect_timeout: Duration,
@@ -91,15 +90,15 @@ pub struct H2cPool {
     stats: Arc<ShardStats>,
 }
 
-impl H2cPool {
+impl Http2Pool {
     pub fn new(
-        address: SocketAddr,
+        dialer: Dialer,
         stats_slot: usize,
         connect_timeout: Duration,
         stats: Arc<ShardStats>,
     ) -> Rc<Self> {
-        Rc::new(H2cPool {
-            address,
+        Rc::new(Http2Pool {
+            dialer,
             stats_slot,
             connect_timeout,
             connections: RefCell::new(Vec::new()),
@@ -114,11 +113,12 @@ impl H2cPool {
     /// Whether this pool can serve a backend with these settings unchanged.
     pub fn serves(
         &self,
-        address: SocketAddr,
+        address: std::net::SocketAddr,
+        tls: Option<&BackendTls>,
         stats_slot: usize,
         connect_timeout: Duration,
     ) -> bool {
-        self.address == address
+        self.dialer.serves(address, tls)
             && self.stats_slot == stats_slot
             && self.connect_timeout == connect_timeout
     }
@@ -140,7 +140,7 @@ impl H2cPool {
                 match connection.sender.clone().ready().await {
                     Ok(sender) => return Ok((sender, lease)),
                     Err(e) => {
-                        log::debug!("h2 connection to {} unusable: {e}", self.address);
+                        log::debug!("h2 connection to {} unusable: {e}", self.dialer.address());
                         lease.mark_broken();
                         continue;
                     }
@@ -189,7 +189,7 @@ impl H2cPool {
             }
             Err(e) => {
                 self.stats.backend_connect_failures.incr();
-                log::debug!("backend {}: {e}", self.address);
+                log::debug!("backend {}: {e}", self.dialer.address());
                 self.last_attempt_ok.set(false);
             }
         }
@@ -202,25 +202,19 @@ impl H2cPool {
     }
 
     async fn connect(&self) -> Result<Rc<PooledConnection>, ConnectError> {
-        let stream = TcpStream::connect(self.address)
-            .await
-            .map_err(|e| ConnectError::Tcp(e.into()))?;
-        // Without it Nagle holds small frames (HEADERS, WINDOW_UPDATE) back for up to 40 ms.
-        stream
-            .set_nodelay(true)
-            .map_err(|e| ConnectError::Tcp(e.into()))?;
+        let stream = self.dialer.dial().await?;
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
             .max_concurrent_reset_streams(1024)
-            .handshake::<_, Bytes>(stream.compat())
+            .handshake::<_, Bytes>(stream)
             .await
             .map_err(ConnectError::Handshake)?;
         let ping_pong = connection.ping_pong();
         let closed = Rc::new(Cell::new(false));
         let closed_by_driver = closed.clone();
-        let address = self.address;
+        let address = self.dialer.address();
         let stats = self.stats.clone();
         let slot = self.stats_slot;
         if let Some(counters) = stats.backend(slot) {

@@ -1,5 +1,5 @@
-//! The [`Connector`] for cleartext HTTP/2 backends (h2c with prior knowledge): one exchange is one
-//! h2 stream on a pooled connection ([`pool`]).
+//! The [`Connector`] for HTTP/2 backends, cleartext (h2c with prior knowledge) or over TLS
+//! (h2): one exchange is one h2 stream on a pooled connection ([`pool`]).
 //!
 //! Dropping an exchange's handles resets its h2 stream with CANCEL, which is how a client's
 //! cancel reaches the backend.
@@ -19,7 +19,7 @@ use super::connector::{
     UploadClosed,
 };
 use crate::http::RequestHead;
-use pool::{H2cPool, Lease};
+use pool::{Http2Pool, Lease};
 
 /// A request sent, its response not yet here. Holds the stream's slot on its connection.
 pub struct H2Pending {
@@ -36,7 +36,7 @@ pub struct H2Upload {
     send: SendStream<Bytes>,
 }
 
-impl Connector for Rc<H2cPool> {
+impl Connector for Rc<Http2Pool> {
     type Pending = H2Pending;
     type Upload = H2Upload;
 
