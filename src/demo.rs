@@ -69,12 +69,14 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
             retry_budget: shards::plan::DEFAULT_RETRY_BUDGET,
             protocol: shards::plan::BackendProtocol::Http2,
             tls: None,
+            resolve_interval: shards::plan::DEFAULT_RESOLVE_INTERVAL,
             backends: vec![BackendPlan {
                 id: "built-in".into(),
                 address: backend,
                 weight: 100,
                 stats_slot: 0,
                 health_check: None,
+                name: None,
             }],
         }],
     };

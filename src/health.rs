@@ -37,6 +37,7 @@ struct Target {
     upstream: usize,
     backend: usize,
     address: SocketAddr,
+    host: Option<String>,
     protocol: BackendProtocol,
     tls: Option<BackendTls>,
     check: HealthCheckPlan,
@@ -65,6 +66,7 @@ impl HealthChecker {
                             upstream: u,
                             backend: b,
                             address: backend.address,
+                            host: backend.name.as_ref().map(|n| n.host.clone()),
                             protocol: upstream.protocol,
                             tls: upstream.tls.clone(),
                             check,
@@ -108,7 +110,7 @@ async fn check_loop(
 ) {
     let mut rng = Jitter::new(seed);
     // Built here, on the checker's thread: a dialer holds per-thread state (its session cache).
-    let dialer = Dialer::new(target.address, target.tls.as_ref());
+    let dialer = Dialer::new(target.address, target.host.as_deref(), target.tls.as_ref());
     let interval = target.check.interval;
     let mut healthy = true;
     let (mut failures, mut successes) = (0u32, 0u32);
@@ -170,7 +172,13 @@ async fn probe(target: &Target, dialer: &Dialer) -> Option<bool> {
             };
             probe_h2(stream, scheme, target.address, path).await
         }
-        BackendProtocol::Http1(_) => probe_http1(stream, target.address, path).await,
+        BackendProtocol::Http1(_) => {
+            let authority = match &target.host {
+                Some(host) => format!("{host}:{}", target.address.port()),
+                None => target.address.to_string(),
+            };
+            probe_http1(stream, &authority, path).await
+        }
     }
 }
 
@@ -194,14 +202,14 @@ async fn probe_h2(
     Some(response.status().is_success())
 }
 
-async fn probe_http1(stream: BackendStream, address: SocketAddr, path: &str) -> Option<bool> {
+async fn probe_http1(stream: BackendStream, authority: &str, path: &str) -> Option<bool> {
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.ok()?;
     let driver = rt::spawn_joined(async move {
         let _ = connection.await;
     });
     let request = http::Request::get(path)
-        .header(http::header::HOST, address.to_string())
+        .header(http::header::HOST, authority)
         .header(http::header::USER_AGENT, USER_AGENT)
         .header(http::header::CONNECTION, "close")
         .body(http_body_util::Empty::<bytes::Bytes>::new())

@@ -9,6 +9,7 @@ pub mod coordinator;
 pub mod cpulist;
 pub mod demo;
 mod demo_backend;
+pub mod dns;
 pub mod health;
 pub mod metrics;
 pub mod runtime;

@@ -308,7 +308,10 @@ fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
         "Responses by upstream, backend and status class (summed over shards).",
     );
     for upstream in &source.plan.upstreams {
-        for backend in &upstream.backends {
+        for (b, backend) in upstream.backends.iter().enumerate() {
+            if !first_endpoint(upstream, b) {
+                continue;
+            }
             let sum = |pick: &dyn Fn(&shards::stats::BackendStats) -> &Counter| -> u64 {
                 source
                     .shards
@@ -340,6 +343,9 @@ fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
         header(out, name, kind, help);
         for (u, upstream) in source.plan.upstreams.iter().enumerate() {
             for (b, backend) in upstream.backends.iter().enumerate() {
+                if !first_endpoint(upstream, b) {
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "{name}{{upstream=\"{}\",backend=\"{}\"}} {}",
@@ -390,18 +396,51 @@ fn backend_metrics(out: &mut String, source: &MetricsSource<'_>) {
         out,
         "spooky_backend_healthy",
         "gauge",
-        "1 when active health checks let the backend receive traffic.",
-        &|u, b, _| {
-            u64::from(
+        "1 when active health checks let the backend (one of its endpoints, for a DNS name) \
+         receive traffic.",
+        &|u, _, slot| {
+            let upstream = &source.plan.upstreams[u];
+            let healthy = |b: usize| {
                 source
                     .healthy
                     .get(u)
                     .and_then(|h| h.get(b))
                     .copied()
-                    .unwrap_or(true),
+                    .unwrap_or(true)
+            };
+            u64::from(
+                upstream
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .any(|(b, backend)| backend.stats_slot == slot && healthy(b)),
             )
         },
     );
+    per_backend(
+        out,
+        "spooky_backend_endpoints",
+        "gauge",
+        "Addresses the backend is reached at: 1 for an IP address, the addresses its DNS name \
+         resolved to last for a name.",
+        &|u, _, slot| {
+            source.plan.upstreams[u]
+                .backends
+                .iter()
+                .filter(|backend| backend.stats_slot == slot)
+                .count() as u64
+        },
+    );
+}
+
+/// Endpoints of one DNS-named backend share its id and counters: only the first of them is
+/// shown, so each backend is one series. (A name that resolves to nothing has no endpoint in
+/// the running plan, and no series until it resolves.)
+fn first_endpoint(upstream: &shards::plan::UpstreamPlan, index: usize) -> bool {
+    let slot = upstream.backends[index].stats_slot;
+    !upstream.backends[..index]
+        .iter()
+        .any(|b| b.stats_slot == slot)
 }
 
 fn duration_histogram(out: &mut String, shards: &[Arc<ShardStats>]) {

@@ -17,6 +17,7 @@ use shards::{ShardSpec, ShardStats, ShardThread};
 
 use crate::admin::{self, AdminView, SharedView};
 use crate::coordinator::Coordinator;
+use crate::dns::{self, Answers, DnsWatcher, Resolver, SystemResolver};
 use crate::health::HealthChecker;
 use crate::watchdog::Watchdog;
 
@@ -87,11 +88,14 @@ pub struct RunningProxy {
     local_addr: SocketAddr,
     shards: Vec<ShardHandle>,
     coordinator: Arc<Mutex<Coordinator>>,
-    /// Checks for the current configuration; replaced on reload.
-    health: Option<HealthChecker>,
+    /// What the shards were last told; the DNS watcher updates it too.
+    published: Arc<Mutex<Publication>>,
+    /// Re-resolves the configuration's backend names; replaced on reload.
+    dns: Option<DnsWatcher>,
+    resolver: Arc<dyn Resolver>,
     view: SharedView,
-    /// The configured listen address (port as configured, possibly 0) and current plan, to
-    /// compare a reload against.
+    /// The configured listen address (port as configured, possibly 0) and current plan (before
+    /// its backend names are resolved), to compare a reload against.
     listen: SocketAddr,
     plan: ProxyPlan,
     /// Kernel steering by connection ID, when it is in place.
@@ -106,11 +110,76 @@ pub struct RunningProxy {
     _redirect_reservation: Option<socket2::Socket>,
 }
 
+/// The configured plan, the current answers for its backend names, and the health checks of
+/// the plan made of both, which is what the shards run.
+struct Publication {
+    configured: ProxyPlan,
+    answers: Answers,
+    health: Option<HealthChecker>,
+    coordinator: Arc<Mutex<Coordinator>>,
+}
+
+impl Publication {
+    /// Sends the shards the plan for the current configuration and answers, and restarts the
+    /// health checks for it (a new configuration generation, as a reload).
+    fn publish(&mut self) -> Result<(), StartError> {
+        let plan = dns::expand(&self.configured, &self.answers);
+        let generation = lock(&self.coordinator).publish_plan(&plan);
+        // Stop the old checks first, so no report of the old shape races the new plan.
+        self.health = None;
+        self.health = Some(
+            HealthChecker::start(&plan, generation, self.coordinator.clone())
+                .map_err(StartError::HealthChecker)?,
+        );
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Starts watching the names of `published`'s configuration; each change is published.
+fn watch_names(
+    published: &Arc<Mutex<Publication>>,
+    resolver: &Arc<dyn Resolver>,
+) -> Result<Option<DnsWatcher>, StartError> {
+    let (plan, answers) = {
+        let p = lock(published);
+        (p.configured.clone(), p.answers.clone())
+    };
+    let target = Arc::downgrade(published);
+    DnsWatcher::start(&plan, answers, resolver.clone(), move |answers| {
+        let Some(published) = target.upgrade() else {
+            return;
+        };
+        let mut published = lock(&published);
+        published.answers = answers.clone();
+        if let Err(e) = published.publish() {
+            log::error!("backend endpoints changed but could not be applied: {e}");
+        }
+    })
+    .map_err(StartError::HealthChecker)
+}
+
 impl RunningProxy {
-    pub fn start(mut settings: ProxySettings) -> Result<Self, StartError> {
+    /// Starts the shards; backend names are resolved by the system's resolver.
+    pub fn start(settings: ProxySettings) -> Result<Self, StartError> {
+        Self::start_with_resolver(settings, Arc::new(SystemResolver))
+    }
+
+    /// Starts the shards, resolving backend names with `resolver` (tests change its answers).
+    pub fn start_with_resolver(
+        mut settings: ProxySettings,
+        resolver: Arc<dyn Resolver>,
+    ) -> Result<Self, StartError> {
         // Validate TLS material once, here, so a bad file fails startup instead of every shard.
         shards::quic::config::quic_config(&settings.plan).map_err(StartError::Tls)?;
         warn_unverified_backends(&settings.plan);
+        let answers = dns::resolve_new(&*resolver, &settings.plan.upstreams, &Answers::new());
         let (sockets, tcp_reservation) =
             shards::net::reuseport::bind_udp_and_tcp(settings.listen, settings.cores.len())
                 .map_err(|source| StartError::Bind {
@@ -144,6 +213,7 @@ impl RunningProxy {
         }
         let inboxes = Inboxes::new(inbox_addrs);
         let cid_secret = random_secret()?;
+        let running_plan = dns::expand(&settings.plan, &answers);
         let mut senders = Vec::new();
         let mut handles = Vec::new();
         let shard_sockets = sockets.into_iter().zip(inbox_sockets);
@@ -154,7 +224,7 @@ impl RunningProxy {
                 index,
                 cpu: *cpu,
                 socket,
-                plan: settings.plan.clone(),
+                plan: running_plan.clone(),
                 control: receiver,
                 stats: stats.clone(),
                 cid_secret,
@@ -171,24 +241,33 @@ impl RunningProxy {
         }
         let view = Arc::new(Mutex::new(AdminView {
             shards: handles.iter().map(|h| h.stats.clone()).collect(),
-            plan: settings.plan.clone(),
+            plan: running_plan.clone(),
             healthy: Vec::new(),
             config_generation: 1,
         }));
         let coordinator = Arc::new(Mutex::new(Coordinator::new(
             senders,
             view.clone(),
-            &settings.plan,
+            &running_plan,
         )));
-        let health = HealthChecker::start(&settings.plan, 1, coordinator.clone())
+        let health = HealthChecker::start(&running_plan, 1, coordinator.clone())
             .map_err(StartError::HealthChecker)?;
+        let published = Arc::new(Mutex::new(Publication {
+            configured: settings.plan.clone(),
+            answers,
+            health: Some(health),
+            coordinator: coordinator.clone(),
+        }));
+        let dns = watch_names(&published, &resolver)?;
         let watchdog = Watchdog::start(handles.iter().map(|h| h.stats.clone()).collect())
             .map_err(StartError::Watchdog)?;
         Ok(RunningProxy {
             local_addr,
             shards: handles,
             coordinator,
-            health: Some(health),
+            published,
+            dns,
+            resolver,
             view,
             listen: settings.listen,
             plan: settings.plan,
@@ -249,13 +328,21 @@ impl RunningProxy {
             .plan
             .assign_stats_slots(Some(&self.plan))
             .map_err(|_| StartError::TooManyBackends)?;
-        let generation = self.coordinator().publish_plan(&settings.plan);
-        // Stop the old checks first, so no report of the old shape races the new plan.
-        self.health = None;
-        self.health = Some(
-            HealthChecker::start(&settings.plan, generation, self.coordinator.clone())
-                .map_err(StartError::HealthChecker)?,
-        );
+        // The watcher of the old names stops before the new plan is published, so no answer
+        // for the old configuration lands after it.
+        self.dns = None;
+        {
+            let mut published = lock(&self.published);
+            // Names still configured keep their answers; new ones are resolved now.
+            published.answers = dns::resolve_new(
+                &*self.resolver,
+                &settings.plan.upstreams,
+                &published.answers,
+            );
+            published.configured = settings.plan.clone();
+            published.publish()?;
+        }
+        self.dns = watch_names(&self.published, &self.resolver)?;
         self.plan = settings.plan;
         Ok(needs_restart)
     }
@@ -306,13 +393,19 @@ impl RunningProxy {
     /// Stops gracefully: no new connections, GOAWAY on every connection, requests in flight
     /// finish; connections still busy after `timeout` are closed. Returns when every shard stopped.
     pub fn drain(mut self, timeout: Duration) -> Result<(), shards::ShardError> {
-        self.health = None;
+        self.stop_checks();
         self.coordinator().drain(Instant::now() + timeout);
         self.join()
     }
 
+    /// Stops the DNS watcher and the health checks: nothing republishes while shards stop.
+    fn stop_checks(&mut self) {
+        self.dns = None;
+        lock(&self.published).health = None;
+    }
+
     fn stop(&mut self) -> Result<(), shards::ShardError> {
-        self.health = None;
+        self.stop_checks();
         self.coordinator().shutdown();
         self.join()
     }

@@ -18,6 +18,7 @@ pub fn measure(backends: usize, picks: u32, rounds: u32) -> Vec<(&'static str, f
             address: ([10, 0, 0, 1], 8000 + i as u16).into(),
             weight: 100 + (i as u32 % 3) * 50,
             health_check: None,
+            name: None,
             stats_slot: i,
         })
         .collect();

@@ -95,6 +95,8 @@ pub struct UpstreamPlan {
     /// TLS towards the backends (`[upstream.NAME.tls]`, or implied by `protocol = "h2"`);
     /// `None` is cleartext.
     pub tls: Option<BackendTls>,
+    /// How often the coordinator re-resolves this upstream's backend names.
+    pub resolve_interval: Duration,
     pub backends: Vec<BackendPlan>,
 }
 
@@ -132,6 +134,9 @@ pub const DEFAULT_KEEPALIVE: KeepAlive = KeepAlive {
     max_idle: 1024,
     idle_timeout: Duration::from_secs(60),
 };
+
+/// Envoy's `dns_refresh_rate` default.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Retry defaults, as Envoy's: 2 retries within a 20% budget.
 pub const DEFAULT_RETRIES: u32 = 2;
@@ -239,13 +244,31 @@ impl Default for UpstreamTimeouts {
 #[derive(Clone, Debug)]
 pub struct BackendPlan {
     pub id: String,
+    /// Where the shards connect. For a backend given by name, the coordinator puts one
+    /// endpoint per resolved address in the plan the shards get; each has this form.
     pub address: SocketAddr,
+    /// The DNS name the backend was given by, if it was (`address = "api.internal:8080"`).
+    pub name: Option<BackendName>,
     pub weight: u32,
     /// Active health checking by the coordinator; `None` means the backend is taken as healthy.
     pub health_check: Option<HealthCheckPlan>,
     /// Which of the shard's per-backend counter slots this backend uses (below
     /// [`MAX_BACKENDS`]). A backend keeps its slot across reloads, so its counters continue.
     pub stats_slot: usize,
+}
+
+/// A backend address given as `host:port`, resolved by the coordinator, never by a shard.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendName {
+    /// Lowercase, without a trailing dot.
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for BackendName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 /// How the coordinator probes one backend: a GET of `path` every `interval`, in the upstream's

@@ -171,6 +171,7 @@ pub struct RawUpstream {
     pub protocol: Option<String>,
     pub keepalive: Option<RawKeepAlive>,
     pub tls: Option<RawBackendTls>,
+    pub resolve_interval_ms: Option<Int>,
     /// Defaults to empty so that an empty pool is reported by validation with its key path.
     #[serde(default)]
     pub backends: Vec<RawBackend>,

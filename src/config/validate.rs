@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use log::LevelFilter;
 use shards::plan::{
-    BackendPlan, BackendProtocol, Balancing, HashKey, HealthCheckPlan, KeepAlive, ProxyPlan,
-    QuicSettings, RoutePlan, SteeringMode, UpstreamPlan, UpstreamTimeouts, DEFAULT_KEEPALIVE,
-    DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
+    BackendName, BackendPlan, BackendProtocol, Balancing, HashKey, HealthCheckPlan, KeepAlive,
+    ProxyPlan, QuicSettings, RoutePlan, SteeringMode, UpstreamPlan, UpstreamTimeouts,
+    DEFAULT_KEEPALIVE, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
 };
 
 use rustls_pki_types::ServerName;

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use spooky::selfsigned::GeneratedCerts;
@@ -51,6 +52,15 @@ impl Proxy {
     /// Starts a proxy from `body`: TOML that holds everything but `[listen]`, which the harness
     /// supplies (127.0.0.1, port 0, generated certificates).
     pub fn start(label: &str, body: &str) -> Proxy {
+        Self::start_with_resolver(label, body, Arc::new(spooky::dns::SystemResolver))
+    }
+
+    /// Like `start`, with backend names resolved by `resolver`.
+    pub fn start_with_resolver(
+        label: &str,
+        body: &str,
+        resolver: Arc<dyn spooky::dns::Resolver>,
+    ) -> Proxy {
         let dir = scratch_dir(label);
         let certs = spooky::selfsigned::generate(&dir).expect("generate certificates");
         let text = format!(
@@ -61,12 +71,12 @@ impl Proxy {
         let path = dir.join("config.toml");
         std::fs::write(&path, &text).unwrap();
         let config = config::load(&path).unwrap_or_else(|e| panic!("config rejected: {e}\n{text}"));
-        let running = RunningProxy::start(ProxySettings {
+        let settings = ProxySettings {
             listen: config.listen_addr(),
             cores: config.cores(),
             plan: config.plan(),
-        })
-        .expect("start proxy");
+        };
+        let running = RunningProxy::start_with_resolver(settings, resolver).expect("start proxy");
         assert!(
             running.wait_ready(Duration::from_secs(10)),
             "shards did not start"

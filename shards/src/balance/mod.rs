@@ -275,6 +275,7 @@ pub(crate) mod tests {
                 weight: *w,
                 stats_slot: i,
                 health_check: None,
+                name: None,
             })
             .collect()
     }
@@ -294,6 +295,17 @@ pub(crate) mod tests {
         Balancing::LatencyAware,
         Balancing::ConsistentHash(crate::plan::HashKey::Path),
     ];
+
+    /// A DNS-named backend that has not resolved leaves its upstream without endpoints.
+    #[test]
+    fn an_upstream_without_backends_picks_none() {
+        for algorithm in EVERY_ALGORITHM {
+            let mut b = Balancer::new(algorithm.clone(), &[], 1);
+            assert_eq!(b.pick(), None, "{algorithm:?}");
+            assert_eq!(b.pick_excluding(Instant::now(), &[], Some(7)), None);
+            b.set_health(&[]);
+        }
+    }
 
     #[test]
     fn round_robin_through_the_balancer_follows_weights_exactly() {

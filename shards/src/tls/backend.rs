@@ -3,7 +3,7 @@
 //!
 //! Verification is on unless the operator opts out: the server's chain must lead to the
 //! configured CA bundle (`tls.ca`) or, without one, to the system's trusted roots, and name the
-//! server (`tls.server_name`, else the backend's address). A client certificate (`tls.cert`,
+//! server (`tls.server_name`, else the backend's host name or address). A client certificate (`tls.cert`,
 //! `tls.key`) is offered for mutual TLS. Each shard gets its own copy with its own session
 //! cache, so resuming a session never touches another core's state.
 
@@ -30,7 +30,7 @@ pub struct BackendTlsSettings<'a> {
     pub ca: Option<&'a Path>,
     /// The certificate and key to present for mutual TLS.
     pub client_identity: Option<&'a TlsIdentity>,
-    /// The name to send (SNI) and verify; `None` uses each backend's address.
+    /// The name to send (SNI) and verify; `None` uses each backend's host name or address.
     pub server_name: Option<ServerName<'static>>,
     /// Accept any certificate: an explicit, logged opt-in for test fleets.
     pub insecure_skip_verify: bool,
@@ -143,11 +143,14 @@ impl BackendTls {
         Arc::new(config)
     }
 
-    /// The name sent and verified for a backend at `address`: `tls.server_name`, else the
-    /// address itself, which the certificate must then list as an IP address SAN.
-    pub fn server_name_for(&self, address: SocketAddr) -> ServerName<'static> {
-        self.server_name
-            .clone()
+    /// The name sent and verified for a backend at `address`, given by `host` if it was:
+    /// `tls.server_name`, else the host name, else the address itself, which the certificate
+    /// must then list as an IP address SAN.
+    pub fn server_name_for(&self, address: SocketAddr, host: Option<&str>) -> ServerName<'static> {
+        if let Some(name) = &self.server_name {
+            return name.clone();
+        }
+        host.and_then(|h| ServerName::try_from(h.to_string()).ok())
             .unwrap_or_else(|| ServerName::IpAddress(address.ip().into()))
     }
 

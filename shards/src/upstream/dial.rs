@@ -54,12 +54,14 @@ struct DialerTls {
 }
 
 impl Dialer {
-    pub fn new(address: SocketAddr, tls: Option<&BackendTls>) -> Dialer {
+    /// A dialer for `address`; `host` is the name the backend was given by, if any (the default
+    /// TLS server name).
+    pub fn new(address: SocketAddr, host: Option<&str>, tls: Option<&BackendTls>) -> Dialer {
         Dialer {
             address,
             tls: tls.map(|plan| DialerTls {
                 connector: TlsConnector::from(plan.client_config()),
-                server_name: plan.server_name_for(address),
+                server_name: plan.server_name_for(address, host),
                 plan: plan.clone(),
             }),
             last_warning: Cell::new(None),
@@ -71,8 +73,20 @@ impl Dialer {
     }
 
     /// Whether this dialer reaches `address` the way `tls` asks.
-    pub fn serves(&self, address: SocketAddr, tls: Option<&BackendTls>) -> bool {
-        self.address == address && self.tls.as_ref().map(|t| &t.plan) == tls
+    pub fn serves(
+        &self,
+        address: SocketAddr,
+        host: Option<&str>,
+        tls: Option<&BackendTls>,
+    ) -> bool {
+        self.address == address
+            && match (&self.tls, tls) {
+                (None, None) => true,
+                (Some(mine), Some(tls)) => {
+                    mine.plan == *tls && mine.server_name == tls.server_name_for(address, host)
+                }
+                _ => false,
+            }
     }
 
     pub async fn dial(&self) -> Result<BackendStream, DialError> {

@@ -42,7 +42,8 @@ pub enum BackendPool {
 
 impl BackendPool {
     fn new(upstream: &UpstreamPlan, backend: &BackendPlan, stats: &Arc<ShardStats>) -> BackendPool {
-        let dialer = Dialer::new(backend.address, upstream.tls.as_ref());
+        let host = backend.name.as_ref().map(|n| n.host.as_str());
+        let dialer = Dialer::new(backend.address, host, upstream.tls.as_ref());
         let connect_timeout = upstream.timeouts.connect;
         match upstream.protocol {
             BackendProtocol::Http2 => BackendPool::Http2(Http2Pool::new(
@@ -64,13 +65,14 @@ impl BackendPool {
     /// Whether this pool can serve `backend` with these settings unchanged.
     fn serves(&self, upstream: &UpstreamPlan, backend: &BackendPlan) -> bool {
         let (address, slot) = (backend.address, backend.stats_slot);
+        let host = backend.name.as_ref().map(|n| n.host.as_str());
         let (tls, connect) = (upstream.tls.as_ref(), upstream.timeouts.connect);
         match (self, upstream.protocol) {
             (BackendPool::Http2(pool), BackendProtocol::Http2) => {
-                pool.serves(address, tls, slot, connect)
+                pool.serves(address, host, tls, slot, connect)
             }
             (BackendPool::Http1(pool), BackendProtocol::Http1(keepalive)) => {
-                pool.serves(address, tls, slot, connect, keepalive)
+                pool.serves(address, host, tls, slot, connect, keepalive)
             }
             _ => false,
         }

@@ -115,6 +115,7 @@ mod tests {
             retry_budget: 0.0,
             protocol: crate::plan::BackendProtocol::Http2,
             tls: None,
+            resolve_interval: crate::plan::DEFAULT_RESOLVE_INTERVAL,
             backends: vec![],
         }
     }

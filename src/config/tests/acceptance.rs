@@ -297,3 +297,30 @@ fn h2_implies_tls_and_http1_uses_it_when_the_table_is_present() {
     let plan = s.parse(&with("protocol = \"http/1.1\"")).unwrap().plan();
     assert!(plan.upstreams[0].tls.is_none());
 }
+
+#[test]
+fn a_backend_may_be_a_dns_name_resolved_later() {
+    let s = Scratch::new();
+    let text = edit(
+        &s.full(),
+        "\"10.0.30.10:8080\"",
+        "\"Web-01.Internal.:8080\"",
+    );
+    let text = edit(
+        &text,
+        "load_balancing = { type = \"round-robin\" }",
+        "load_balancing = { type = \"round-robin\" }\nresolve_interval_ms = 2500",
+    );
+    let plan = s.parse(&text).unwrap().plan();
+    let web = &plan.upstreams[1];
+    assert_eq!(web.resolve_interval, Duration::from_millis(2500));
+    let name = web.backends[0].name.as_ref().expect("a named backend");
+    assert_eq!((name.host.as_str(), name.port), ("web-01.internal", 8080));
+    assert_eq!(web.backends[0].address.port(), 8080);
+    assert!(web.backends[0].address.ip().is_unspecified());
+    assert_eq!(
+        plan.upstreams[0].resolve_interval,
+        shards::plan::DEFAULT_RESOLVE_INTERVAL
+    );
+    assert!(plan.upstreams[0].backends[0].name.is_none());
+}

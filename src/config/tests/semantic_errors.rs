@@ -204,11 +204,27 @@ fn empty_backend_id() {
 #[test]
 fn unparsable_backend_address() {
     let s = Scratch::new();
-    let text = edit(&s.full(), "\"10.0.30.10:8080\"", "\"web-01.internal:8080\"");
+    for address in ["web 01.internal:8080", "web-01.internal:http", "-:8080"] {
+        let text = edit(&s.full(), "\"10.0.30.10:8080\"", &format!("\"{address}\""));
+        assert_problem(
+            &s.problems(&text),
+            "upstream.default_pool.backends[0].address",
+            &format!(
+                "`{address}` is neither IP:port (10.0.10.10:8080, [2001:db8::10]:8080) nor \
+                 host:port (api.internal:8080)"
+            ),
+        );
+    }
+    let text = edit(&s.full(), "\"10.0.30.10:8080\"", "\"web-01.internal:0\"");
     assert_problem(
         &s.problems(&text),
         "upstream.default_pool.backends[0].address",
-        "is not an IP:port socket address",
+        "has port 0",
+    );
+    assert_problem(
+        &s.problems(&api_pool_with(&s, "resolve_interval_ms = 50")),
+        "upstream.api_pool.resolve_interval_ms",
+        "must be at least 100 ms, got 50",
     );
 }
 
@@ -219,7 +235,7 @@ fn backend_address_without_port() {
     assert_problem(
         &s.problems(&text),
         "upstream.default_pool.backends[0].address",
-        "is not an IP:port socket address",
+        "the port is missing",
     );
 }
 

@@ -160,27 +160,7 @@ pub(super) fn check_upstreams(
                 ids.insert(&b.id, id_key.clone());
             }
 
-            let address = match b.address.parse::<SocketAddr>() {
-                Ok(a) if a.port() == 0 => {
-                    p.push(
-                        format!("{bkey}.address"),
-                        format!("`{}` has port 0; a backend needs a real port", b.address),
-                    );
-                    None
-                }
-                Ok(a) => Some(a),
-                Err(_) => {
-                    p.push(
-                        format!("{bkey}.address"),
-                        format!(
-                            "`{}` is not an IP:port socket address, e.g. 10.0.10.10:8080 or \
-                             [2001:db8::10]:8080 (host names are not resolved)",
-                            b.address
-                        ),
-                    );
-                    None
-                }
-            };
+            let address = check_backend_address(p, &format!("{bkey}.address"), &b.address);
 
             let weight = match b.weight {
                 None => Some(DEFAULT_WEIGHT),
@@ -194,12 +174,13 @@ pub(super) fn check_upstreams(
                 Some(raw) => check_health_check(p, &format!("{bkey}.health_check"), raw).map(Some),
             };
 
-            if let (Some(address), Some(weight), Some(health_check)) =
+            if let (Some((address, name)), Some(weight), Some(health_check)) =
                 (address, weight, health_check)
             {
                 backends.push(BackendPlan {
                     id: b.id.clone(),
                     address,
+                    name,
                     weight,
                     health_check,
                     // Assigned for the whole plan once every backend is known.
@@ -229,6 +210,18 @@ pub(super) fn check_upstreams(
             .unwrap_or(20) as f64
             / 100.0;
 
+        let resolve_interval = p
+            .in_range(
+                &format!("{base}.resolve_interval_ms"),
+                up.resolve_interval_ms
+                    .map_or(DEFAULT_RESOLVE_INTERVAL.as_millis() as i64, |v| v.0),
+                100,
+                3_600_000,
+                " ms",
+            )
+            .map_or(DEFAULT_RESOLVE_INTERVAL, |ms| {
+                Duration::from_millis(ms as u64)
+            });
         let (protocol, transport) = check_protocol(p, &base, up);
         let tls = check_backend_tls(p, &base, up, protocol, transport, base_dir);
 
@@ -245,10 +238,66 @@ pub(super) fn check_upstreams(
             retry_budget,
             protocol,
             tls,
+            resolve_interval,
             backends,
         });
     }
     plans
+}
+
+/// `IP:port`, or `host:port` for the coordinator to resolve: (where shards connect, the name).
+/// A named backend's address is a placeholder (the unspecified address with its port) until
+/// its name resolves.
+fn check_backend_address(
+    p: &mut Problems,
+    key: &str,
+    text: &str,
+) -> Option<(SocketAddr, Option<BackendName>)> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        if address.port() == 0 {
+            p.push(
+                key,
+                format!("`{text}` has port 0; a backend needs a real port"),
+            );
+            return None;
+        }
+        return Some((address, None));
+    }
+    let malformed = || {
+        format!(
+            "`{text}` is neither IP:port (10.0.10.10:8080, [2001:db8::10]:8080) nor \
+             host:port (api.internal:8080)"
+        )
+    };
+    let Some((host, port)) = text.rsplit_once(':') else {
+        p.push(key, format!("{}: the port is missing", malformed()));
+        return None;
+    };
+    let port = match port.parse::<u16>() {
+        Ok(0) => {
+            p.push(
+                key,
+                format!("`{text}` has port 0; a backend needs a real port"),
+            );
+            return None;
+        }
+        Ok(port) => port,
+        Err(_) => {
+            p.push(key, malformed());
+            return None;
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let is_dns_name = matches!(
+        ServerName::try_from(host.as_str()),
+        Ok(ServerName::DnsName(_))
+    );
+    if !is_dns_name || host.parse::<std::net::IpAddr>().is_ok() {
+        p.push(key, malformed());
+        return None;
+    }
+    let placeholder = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+    Some((placeholder, Some(BackendName { host, port })))
 }
 
 /// Whether a protocol runs over TLS.

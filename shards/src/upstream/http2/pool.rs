@@ -114,11 +114,12 @@ impl Http2Pool {
     pub fn serves(
         &self,
         address: std::net::SocketAddr,
+        host: Option<&str>,
         tls: Option<&BackendTls>,
         stats_slot: usize,
         connect_timeout: Duration,
     ) -> bool {
-        self.dialer.serves(address, tls)
+        self.dialer.serves(address, host, tls)
             && self.stats_slot == stats_slot
             && self.connect_timeout == connect_timeout
     }
