@@ -25,7 +25,9 @@ pub fn admit<'a>(
         .router
         .route(host, head.uri.path().as_bytes(), head.method.as_str())
     {
-        None => Job::NoRoute,
+        None => Job::NoRoute {
+            grpc: super::grpc::is_grpc(&head.headers),
+        },
         Some(upstream) => Job::Proxy {
             head: Box::new(head),
             upstreams: upstreams.clone(),
