@@ -73,9 +73,9 @@ as_root() {
   fi
 }
 
-# The independent servers and clients the tests run (Hypercorn, grpcio) live in a virtual
-# environment under target/, pinned by bench/python/requirements.txt, so that the system Python
-# is left alone. Rebuilt only when the requirements change. Debian's python3 needs python3-venv.
+# The independent servers and clients the tests run (Hypercorn, grpcio, websockets) live in a
+# virtual environment under target/, pinned by bench/python/requirements.txt, so that the system
+# Python is left alone. Rebuilt only when the requirements change (Debian: needs python3-venv).
 install_test_python() {
   local repo venv stamp
   repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

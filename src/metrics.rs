@@ -145,6 +145,22 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
     per_shard(
         out,
         shards,
+        "spooky_websocket_tunnels_total",
+        "counter",
+        "WebSocket tunnels opened (the backend answered 101).",
+        |s| &s.websocket_tunnels,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_websocket_tunnels_active",
+        "gauge",
+        "WebSocket tunnels open now.",
+        |s| &s.websocket_tunnels_active,
+    );
+    per_shard(
+        out,
+        shards,
         "spooky_redirects_total",
         "counter",
         "Plain-HTTP requests redirected to HTTPS.",

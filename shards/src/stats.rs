@@ -150,6 +150,9 @@ pub struct ShardStats {
     /// TCP connections accepted by the listener beside QUIC, and those open now (gauge).
     pub tcp_connections_accepted: Counter,
     pub tcp_connections_active: Counter,
+    /// WebSocket tunnels opened (a `101` from the backend), and those open now (gauge).
+    pub websocket_tunnels: Counter,
+    pub websocket_tunnels_active: Counter,
     /// Plain-HTTP requests answered with a redirect to HTTPS (`[listen.redirect]`).
     pub redirects: Counter,
     /// Requests in progress (gauge).

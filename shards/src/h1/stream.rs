@@ -93,6 +93,29 @@ pub struct ResponseBody {
 }
 
 impl H1Stream {
+    /// Answers `101 Switching Protocols` to `protocol` (RFC 9110 §15.2.2) with the backend's
+    /// other fields (`Sec-WebSocket-Accept` and the like). hyper writes it and ends the
+    /// connection's HTTP/1.1 part, and its owner takes the connection for the tunnel.
+    pub fn switch_protocols(&self, headers: &HeaderMap, protocol: HeaderValue) -> Sent {
+        let (mut parts, ()) = Response::new(()).into_parts();
+        parts.status = StatusCode::SWITCHING_PROTOCOLS;
+        parts.version = Version::HTTP_11;
+        parts.headers = tcp_client_fields(headers, None);
+        parts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        parts.headers.insert(http::header::UPGRADE, protocol);
+        let mut channel = self.channel.borrow_mut();
+        if channel.client_gone || !matches!(channel.head, Head::Waiting) {
+            return Err(StreamGone);
+        }
+        channel.head = Head::Ready(parts);
+        channel.finished = true;
+        channel.wake_consumer();
+        Ok(())
+    }
+
     /// A request stream for the request with body `body`, the `id`th on its connection, and
     /// the future hyper awaits for its response.
     pub fn new(

@@ -13,6 +13,7 @@ pub mod decision;
 mod grpc;
 mod relay;
 mod tally;
+pub mod tunnel;
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;

@@ -31,8 +31,9 @@ use super::Shard;
 use crate::h1::{self, H1Stream};
 use crate::h2::{request_fields, H2Stream};
 use crate::http::ClientInfo;
-use crate::proxy;
+use crate::proxy::{self, tunnel, tunnel::TunnelSlot};
 use crate::rt;
+use tokio::io::AsyncWriteExt;
 
 /// How long a client may take from connecting to finishing its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,6 +111,35 @@ where
             Signal::Drain | Signal::Serve => {}
         }
         connection.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Like [`drive_http1`], but leaves the connection open and its IO in place when hyper is done,
+/// for a WebSocket tunnel to take over after a `101` (hyper's `without_shutdown`).
+async fn drive_http1_keeping_io<I, S, B>(
+    connection: &mut hyper::server::conn::http1::Connection<I, S>,
+    registration: &Registration,
+) -> hyper::Result<()>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut draining = false;
+    poll_fn(|cx| {
+        match registration.poll_signal(cx) {
+            Signal::Close => return Poll::Ready(Ok(())),
+            Signal::Drain if !draining => {
+                draining = true;
+                std::pin::Pin::new(&mut *connection).graceful_shutdown();
+            }
+            Signal::Drain | Signal::Serve => {}
+        }
+        connection.poll_without_shutdown(cx)
     })
     .await
 }
@@ -208,11 +238,13 @@ impl Shard {
         let client = ClientInfo { ip: peer.ip() };
         let requests = Cell::new(0u64);
         let shard = self.clone();
+        let tunnel: TunnelSlot = Rc::default();
         let service = hyper::service::service_fn(|request: hyper::Request<Incoming>| {
             let id = requests.replace(requests.get() + 1);
             let (parts, body) = request.into_parts();
             let has_body = !body.is_end_stream();
             let upstreams = shard.upstreams.borrow().clone();
+            let websocket = tunnel::websocket_upgrade(&parts);
             let job = match h1::request_fields(&parts) {
                 Ok(fields) => proxy::admit(fields, client, has_body, &upstreams, &shard.stats),
                 Err(malformed) => proxy::admit::refuse(malformed, client, &shard.stats),
@@ -220,20 +252,54 @@ impl Shard {
             let (stream, response) = H1Stream::new(peer, id, body, shard.alt_svc.borrow().clone());
             let context = shard.proxy.clone();
             let in_flight = registration.request();
-            rt::spawn(async move {
-                proxy::serve(&context, stream, job).await;
-                drop(in_flight);
-            });
+            match (websocket, job) {
+                (
+                    Some(protocol),
+                    proxy::Job::Proxy {
+                        head,
+                        upstreams,
+                        upstream,
+                        ..
+                    },
+                ) => {
+                    let slot = tunnel.clone();
+                    let stats = shard.stats.clone();
+                    rt::spawn(async move {
+                        tunnel::open(stream, *head, upstreams, upstream, protocol, slot, stats)
+                            .await;
+                        drop(in_flight);
+                    });
+                }
+                (_, job) => rt::spawn(async move {
+                    proxy::serve(&context, stream, job).await;
+                    drop(in_flight);
+                }),
+            }
             response
         });
         // No header-read timeout inside hyper: its timers must be `Send`, glommio's are not.
         // The registry's idle sweep closes a connection that sends no complete request.
-        let connection = hyper::server::conn::http1::Builder::new()
+        let mut connection = hyper::server::conn::http1::Builder::new()
             .header_read_timeout(None)
             .pipeline_flush(true)
             .serve_connection(TokioIo::new(tls), service);
-        if let Err(e) = drive_http1(connection, registration).await {
+        if let Err(e) = drive_http1_keeping_io(&mut connection, registration).await {
             log::debug!("http/1.1 connection from {peer}: {e}");
+            return;
         }
+        let parts = connection.into_parts();
+        let mut client = parts.io.into_inner();
+        let Some(backend) = tunnel.borrow_mut().take() else {
+            // hyper ended the connection without a tunnel: close it as hyper would have.
+            let _ = rt::within(HANDSHAKE_TIMEOUT, client.shutdown()).await;
+            return;
+        };
+        // The tunnel is busy for as long as it lasts: the idle sweep must not close it.
+        let _busy = registration.request();
+        let closed = poll_fn(|cx| match registration.poll_signal(cx) {
+            Signal::Close => Poll::Ready(()),
+            Signal::Drain | Signal::Serve => Poll::Pending,
+        });
+        tunnel::relay(client, parts.read_buf, backend, closed, &self.stats).await;
     }
 }

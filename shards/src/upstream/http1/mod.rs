@@ -11,6 +11,7 @@
 
 mod fields;
 pub mod pool;
+pub mod upgrade;
 mod upload;
 
 use std::future::poll_fn;

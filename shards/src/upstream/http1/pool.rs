@@ -100,6 +100,11 @@ impl Http1Pool {
             && self.keepalive == keepalive
     }
 
+    /// How this pool's connections are opened (an upgrade opens one of its own with it).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
     /// Idle connections waiting for a request (including ones that have not noticed they died).
     pub fn idle_count(&self) -> usize {
         self.idle.borrow().len()
