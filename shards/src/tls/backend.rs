@@ -229,10 +229,11 @@ impl rustls::client::ResolvesClientCert for ClientCertificate {
     }
 }
 
-/// `tls.insecure_skip_verify`: any certificate is accepted, but the handshake signature is
-/// still checked against it, so the session is at least bound to the key the server showed.
+/// `tls.insecure_skip_verify` (and the load generator's `--insecure`): any certificate is
+/// accepted, but the handshake signature is still checked against it, so the session is at
+/// least bound to the key the server showed (and the TLS work done is the real one).
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+pub struct AnyCertificate(pub Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

@@ -11,7 +11,6 @@ mod registry;
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
@@ -33,7 +32,6 @@ use crate::h2::{request_fields, H2Stream};
 use crate::http::ClientInfo;
 use crate::proxy::{self, tunnel, tunnel::TunnelSlot};
 use crate::rt;
-use tokio::io::AsyncWriteExt;
 
 /// How long a client may take from connecting to finishing its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,34 +83,30 @@ async fn accept_until_drain<F, Served>(
     }
 }
 
-/// Drives a hyper HTTP/1.1 connection until it ends or the shard closes it. On drain,
-/// keep-alive goes off: the response in flight carries `Connection: close`, and an idle
-/// connection closes at once.
+/// Drives a hyper HTTP/1.1 connection until it ends or the shard closes it, then closes it (TLS
+/// close_notify, TCP FIN). On drain, keep-alive goes off: the response in flight carries
+/// `Connection: close`, and an idle connection closes at once.
 async fn drive_http1<I, S, B>(
-    connection: hyper::server::conn::http1::Connection<I, S>,
+    mut connection: hyper::server::conn::http1::Connection<I, S>,
     registration: &Registration,
 ) -> hyper::Result<()>
 where
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
     B: Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut connection = pin!(connection);
-    let mut draining = false;
-    poll_fn(|cx| {
-        match registration.poll_signal(cx) {
-            Signal::Close => return Poll::Ready(Ok(())),
-            Signal::Drain if !draining => {
-                draining = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            Signal::Drain | Signal::Serve => {}
-        }
-        connection.as_mut().poll(cx)
-    })
-    .await
+    drive_http1_keeping_io(&mut connection, registration).await?;
+    close_http1(connection.into_parts().io).await;
+    Ok(())
+}
+
+/// Shuts a finished connection's IO down, as hyper does when it owns the end.
+async fn close_http1(mut io: impl hyper::rt::Write + Unpin) {
+    let shutdown = poll_fn(|cx| std::pin::Pin::new(&mut io).poll_shutdown(cx));
+    let _ = rt::within(HANDSHAKE_TIMEOUT, shutdown).await;
 }
 
 /// Like [`drive_http1`], but leaves the connection open and its IO in place when hyper is done,
@@ -288,12 +282,11 @@ impl Shard {
             return;
         }
         let parts = connection.into_parts();
-        let mut client = parts.io.into_inner();
         let Some(backend) = tunnel.borrow_mut().take() else {
-            // hyper ended the connection without a tunnel: close it as hyper would have.
-            let _ = rt::within(HANDSHAKE_TIMEOUT, client.shutdown()).await;
+            close_http1(parts.io).await;
             return;
         };
+        let client = parts.io.into_inner();
         // The tunnel is busy for as long as it lasts: the idle sweep must not close it.
         let _busy = registration.request();
         let closed = poll_fn(|cx| match registration.poll_signal(cx) {
