@@ -172,7 +172,10 @@ async fn probe(target: &Target, dialer: &Dialer) -> Option<bool> {
             };
             probe_h2(stream, scheme, target.address, path).await
         }
-        BackendProtocol::Http1(_) => {
+        BackendProtocol::Auto(_) if stream.negotiated_h2() => {
+            probe_h2(stream, "https", target.address, path).await
+        }
+        BackendProtocol::Http1(_) | BackendProtocol::Auto(_) => {
             let authority = match &target.host {
                 Some(host) => format!("{host}:{}", target.address.port()),
                 None => target.address.to_string(),

@@ -297,3 +297,52 @@ fn health_checks_go_over_tls_and_fail_on_a_certificate_they_cannot_verify() {
         "a backend whose certificate fails verification was left healthy"
     );
 }
+
+#[test]
+fn auto_speaks_whichever_protocol_each_backend_chooses_by_alpn() {
+    let dir = scratch_dir("tls-auto");
+    let certs = backend_certificates(&dir);
+    let h2 = tls_backend("auto-h2", &certs, false, None);
+    let http1 = tls_backend("auto-http1", &certs, true, None);
+    let ca = certs.ca.display();
+    let text = format!(
+        "[upstream.main]\nroute = {{ path_prefix = \"/\" }}\nprotocol = \"auto\"\n\
+         tls = {{ ca = \"{ca}\", server_name = \"backend.test\" }}\n\
+         [[upstream.main.backends]]\nid = \"auto-h2\"\naddress = \"{}\"\n\
+         [[upstream.main.backends]]\nid = \"auto-http1\"\naddress = \"{}\"\n",
+        h2.addr(),
+        http1.addr()
+    );
+    let proxy = Proxy::start("tls-auto", &text);
+    let mut client = proxy.client();
+    for _ in 0..6 {
+        get_ok(&mut client, 2000);
+    }
+    // Round robin: three requests each, sequential, so one connection each after the one that
+    // learned the protocol.
+    for backend in [&h2, &http1] {
+        assert_eq!(backend.stats().requests, 3);
+        assert_eq!(
+            backend.tls_handshakes().len(),
+            2,
+            "the probe and one pooled connection"
+        );
+    }
+    let admin = proxy
+        .running
+        .start_admin("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let (_, metrics) = common::http_get(admin, "/metrics").unwrap();
+    let samples = common::parse_prometheus(&metrics).unwrap();
+    let gauge = |name: &str, backend: &str| {
+        samples
+            .iter()
+            .find(|s| s.name == name && s.label("backend") == Some(backend))
+            .map(|s| s.value)
+            .unwrap()
+    };
+    assert_eq!(gauge("spooky_backend_h2_connections", "auto-h2"), 1.0);
+    assert_eq!(gauge("spooky_backend_http1_connections", "auto-h2"), 0.0);
+    assert_eq!(gauge("spooky_backend_http1_connections", "auto-http1"), 1.0);
+    assert_eq!(gauge("spooky_backend_h2_connections", "auto-http1"), 0.0);
+}

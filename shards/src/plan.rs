@@ -108,6 +108,9 @@ pub enum BackendProtocol {
     Http2,
     /// HTTP/1.1 (RFC 9112): one request at a time per connection, idle connections kept.
     Http1(KeepAlive),
+    /// Over TLS, whichever of HTTP/2 and HTTP/1.1 each backend chooses by ALPN (`auto`); the
+    /// keep-alive settings apply to those that choose HTTP/1.1.
+    Auto(KeepAlive),
 }
 
 /// How a shard keeps idle HTTP/1.1 connections to one backend (`upstream.NAME.keepalive`).

@@ -18,7 +18,9 @@ use shards::plan::{
 };
 
 use rustls_pki_types::ServerName;
-use shards::tls::backend::{BackendTls, BackendTlsError, BackendTlsSettings};
+use shards::tls::backend::{
+    BackendTls, BackendTlsError, BackendTlsSettings, ALPN_AUTO, ALPN_H2, ALPN_HTTP1,
+};
 use shards::tls::{SniCertificates, TlsError, TlsIdentity};
 
 use super::error::Problem;

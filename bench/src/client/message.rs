@@ -18,6 +18,8 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub authority: Option<String>,
+    /// `:protocol` of an extended CONNECT (RFC 9220), e.g. `websocket`.
+    pub protocol: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Body,
     pub trailers: Vec<(String, String)>,
@@ -31,6 +33,7 @@ impl Request {
             method: method.into(),
             path: path.into(),
             authority: None,
+            protocol: None,
             headers: Vec::new(),
             body: Body::Empty,
             trailers: Vec::new(),
@@ -40,6 +43,12 @@ impl Request {
 
     pub fn get(path: &str) -> Self {
         Request::new("GET", path)
+    }
+
+    /// Makes the request an extended CONNECT for `protocol` (use it with method `CONNECT`).
+    pub fn protocol(mut self, protocol: &str) -> Self {
+        self.protocol = Some(protocol.into());
+        self
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {

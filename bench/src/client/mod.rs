@@ -220,6 +220,9 @@ impl H3Client {
             quiche::h3::Header::new(b":authority", authority.as_bytes()),
             quiche::h3::Header::new(b":path", request.path.as_bytes()),
         ];
+        if let Some(protocol) = &request.protocol {
+            fields.push(quiche::h3::Header::new(b":protocol", protocol.as_bytes()));
+        }
         if let (true, Body::Bytes(b)) = (has_body, &request.body) {
             fields.push(quiche::h3::Header::new(
                 b"content-length",

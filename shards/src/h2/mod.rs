@@ -28,6 +28,10 @@ pub fn request_fields(parts: &http::request::Parts) -> Vec<(&[u8], &[u8])> {
     // An empty path is refused by admission as an invalid `:path`.
     let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
     fields.push((b":path", path.as_bytes()));
+    // h2 keeps an extended CONNECT's `:protocol` (RFC 8441 §4) as an extension.
+    if let Some(protocol) = parts.extensions.get::<h2::ext::Protocol>() {
+        fields.push((b":protocol", protocol.as_str().as_bytes()));
+    }
     for (name, value) in &parts.headers {
         fields.push((name.as_str().as_bytes(), value.as_bytes()));
     }

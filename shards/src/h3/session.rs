@@ -167,7 +167,9 @@ impl H3Session {
 
 impl Session for H3Session {
     fn open(quic: &mut quiche::Connection) -> Result<Self, String> {
-        let config = quiche::h3::Config::new().map_err(|e| e.to_string())?;
+        let mut config = quiche::h3::Config::new().map_err(|e| e.to_string())?;
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 9220 §3): WebSocket over HTTP/3.
+        config.enable_extended_connect(true);
         let h3 =
             quiche::h3::Connection::with_transport(quic, &config).map_err(|e| e.to_string())?;
         Ok(H3Session {

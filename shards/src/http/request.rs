@@ -23,6 +23,9 @@ pub struct RequestHead {
     pub content_length: Option<u64>,
     /// The client's address, for `client-ip` hashing.
     pub client_ip: IpAddr,
+    /// `:protocol` of an extended CONNECT (RFC 8441 §4, RFC 9220 §3), lowercase: the protocol
+    /// the client wants the stream to carry, such as `websocket`.
+    pub protocol: Option<String>,
 }
 
 /// Why a request is malformed (RFC 9114 §4.1.2). The message is safe to show to the client.
@@ -43,6 +46,8 @@ pub enum Malformed {
     AuthorityMismatch,
     InvalidContentLength,
     ConnectNotSupported,
+    /// `:protocol` on a request other than CONNECT (RFC 8441 §4).
+    ProtocolWithoutConnect,
 }
 
 impl fmt::Display for Malformed {
@@ -65,6 +70,9 @@ impl fmt::Display for Malformed {
             Malformed::AuthorityMismatch => f.write_str(":authority and host disagree"),
             Malformed::InvalidContentLength => f.write_str("invalid content-length"),
             Malformed::ConnectNotSupported => f.write_str("CONNECT is not supported"),
+            Malformed::ProtocolWithoutConnect => {
+                f.write_str(":protocol on a request other than CONNECT")
+            }
         }
     }
 }
@@ -81,6 +89,7 @@ struct Pseudo<'a> {
     scheme: Option<&'a [u8]>,
     authority: Option<&'a [u8]>,
     path: Option<&'a [u8]>,
+    protocol: Option<&'a [u8]>,
 }
 
 fn set_once<'a>(
@@ -118,6 +127,7 @@ pub fn translate_request<'a>(
                 b"scheme" => set_once(&mut pseudo.scheme, value, ":scheme")?,
                 b"authority" => set_once(&mut pseudo.authority, value, ":authority")?,
                 b"path" => set_once(&mut pseudo.path, value, ":path")?,
+                b"protocol" => set_once(&mut pseudo.protocol, value, ":protocol")?,
                 _ => return Err(Malformed::UnknownPseudoHeader),
             }
             continue;
@@ -159,9 +169,18 @@ pub fn translate_request<'a>(
         .method
         .ok_or(Malformed::MissingPseudoHeader(":method"))?;
     let method = Method::from_bytes(method_bytes).map_err(|_| Malformed::InvalidMethod)?;
-    if method == Method::CONNECT {
-        return Err(Malformed::ConnectNotSupported);
-    }
+    // Only the extended CONNECT, which names a protocol and a path, is proxied; a classic
+    // CONNECT asks for a raw TCP tunnel, which an edge load balancer does not open.
+    let protocol = match (method == Method::CONNECT, pseudo.protocol) {
+        (true, None) => return Err(Malformed::ConnectNotSupported),
+        (false, Some(_)) => return Err(Malformed::ProtocolWithoutConnect),
+        (true, Some(protocol)) => Some(
+            std::str::from_utf8(protocol)
+                .map_err(|_| Malformed::InvalidValue)?
+                .to_ascii_lowercase(),
+        ),
+        (false, None) => None,
+    };
     let scheme = pseudo
         .scheme
         .ok_or(Malformed::MissingPseudoHeader(":scheme"))?;
@@ -195,6 +214,7 @@ pub fn translate_request<'a>(
         headers,
         content_length,
         client_ip: client.ip,
+        protocol,
     })
 }
 
@@ -362,7 +382,7 @@ mod tests {
             Malformed::DuplicatePseudoHeader(":path")
         );
         let mut unknown: Vec<_> = BASE.to_vec();
-        unknown.insert(0, (":protocol", "websocket"));
+        unknown.insert(0, (":status", "200"));
         assert_eq!(
             request(&unknown).unwrap_err(),
             Malformed::UnknownPseudoHeader
@@ -433,5 +453,28 @@ mod tests {
             request(&fields).unwrap_err(),
             Malformed::ConnectNotSupported
         );
+    }
+
+    #[test]
+    fn extended_connect_names_its_protocol_and_protocol_needs_connect() {
+        let fields = [
+            (":method", "CONNECT"),
+            (":protocol", "WebSocket"),
+            (":scheme", "https"),
+            (":authority", "example.com"),
+            (":path", "/chat"),
+            ("sec-websocket-version", "13"),
+        ];
+        let head = request(&fields).unwrap();
+        assert_eq!(head.method, Method::CONNECT);
+        assert_eq!(head.protocol.as_deref(), Some("websocket"));
+        assert_eq!(head.uri.path(), "/chat");
+        let mut get = fields;
+        get[0] = (":method", "GET");
+        assert_eq!(
+            request(&get).unwrap_err(),
+            Malformed::ProtocolWithoutConnect
+        );
+        assert_eq!(request(&with(&[])).unwrap().protocol, None);
     }
 }

@@ -13,7 +13,7 @@ use crate::balance::outlier::Failure;
 use crate::balance::BackendIndex;
 use crate::http::{Downstream, RequestHead};
 use crate::stats::ShardStats;
-use crate::upstream::connector::Connector;
+use crate::upstream::connector::{Connector, ExchangeFailure};
 use crate::upstream::{BackendPool, Upstream};
 
 /// Sends the request to `backend` and relays its response. `Err`: nothing reached the client.
@@ -36,9 +36,18 @@ pub async fn attempt<D: Downstream>(
         stats,
         in_flight: &in_flight,
     };
-    match &upstream.pools[backend] {
+    let pool = match &upstream.pools[backend] {
+        BackendPool::Auto(auto) => match auto.pool().await {
+            Some(pool) => pool,
+            None => return Err(AttemptFailure::Exchange(ExchangeFailure::Connect)),
+        },
+        pool => pool.clone(),
+    };
+    match &pool {
         BackendPool::Http2(pool) => exchange.run(pool).await,
         BackendPool::Http1(pool) => exchange.run(pool).await,
+        // `AutoPool::pool` gives the pool it learned, never another `Auto`.
+        BackendPool::Auto(_) => Err(AttemptFailure::Exchange(ExchangeFailure::Connect)),
     }
 }
 

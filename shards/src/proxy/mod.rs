@@ -90,6 +90,16 @@ pub async fn serve<D: Downstream>(context: &ProxyContext, downstream: D, job: Jo
             } => {
                 served_by.borrow_mut().upstream = Some((upstreams.clone(), upstream));
                 let upstream = upstreams.get(upstream);
+                match head.protocol.as_deref() {
+                    None => {}
+                    Some("websocket") => {
+                        return tunnel::serve_extended(&tallied, &head, upstream, stats).await;
+                    }
+                    Some(_) => {
+                        let message = "extended CONNECT is supported for websocket only";
+                        return reply(&tallied, 501, message, None, false).await;
+                    }
+                }
                 let grpc = grpc::is_grpc(&head.headers);
                 let proxied = proxy(&tallied, &head, upstream, has_body, stats, &served_by);
                 match upstream.plan.timeouts.total {

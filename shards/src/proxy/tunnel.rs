@@ -2,6 +2,12 @@
 //! HTTP/1.1 backend on a connection of its own ([`crate::upstream::http1::upgrade`]); when the
 //! backend answers `101`, the client gets that `101` and the two connections become a tunnel.
 //!
+//! HTTP/2 and HTTP/3 clients ask with an extended CONNECT instead (RFC 8441, RFC 9220:
+//! `:method CONNECT`, `:protocol websocket`), which carries no `Sec-WebSocket-Key`: Spooky makes
+//! one for the backend's HTTP/1.1 handshake, checks the backend's `Sec-WebSocket-Accept`
+//! against it, answers the client `200`, and relays between the request stream's bodies and the
+//! backend connection ([`serve_extended`]).
+//!
 //! The tunnel relays bytes both ways without looking at WebSocket frames. Each direction reads
 //! only after its previous write completed, so TCP's flow control on either side is the
 //! backpressure and at most one buffer per direction is held. It ends when either side closes
@@ -19,19 +25,21 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::future;
-use http::header::{CONNECTION, UPGRADE};
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use http::{HeaderValue, Method};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::decision::Outcome;
 use super::reply;
 use crate::h1::H1Stream;
-use crate::http::{lists, Downstream, RequestHead};
+use crate::http::{lists, Abort, BodyRead, Downstream, RequestHead};
 use crate::rt;
 use crate::stats::ShardStats;
 use crate::upstream::dial::BackendStream;
+use crate::upstream::http1::pool::Http1Pool;
 use crate::upstream::http1::upgrade::{self, Upgrade};
 use crate::upstream::router::UpstreamIndex;
-use crate::upstream::{BackendPool, Upstreams};
+use crate::upstream::{BackendPool, Upstream, Upstreams};
 
 /// Each direction's buffer.
 const BUFFER: usize = 16 * 1024;
@@ -79,8 +87,8 @@ pub async fn open(
         let _ = reply(&stream, 503, "no healthy backend", Some("1"), false).await;
         return;
     };
-    let BackendPool::Http1(pool) = &upstream.pools[backend] else {
-        let message = "WebSocket needs an HTTP/1.1 upstream (protocol = \"http/1.1\")";
+    let Some(pool) = http1_pool(&upstream.pools[backend]).await else {
+        let message = "WebSocket needs an HTTP/1.1 backend (protocol = \"http/1.1\" or \"auto\")";
         let _ = reply(&stream, 501, message, None, false).await;
         return;
     };
@@ -214,6 +222,234 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
     }
 }
 
+/// The HTTP/1.1 pool a WebSocket handshake goes through: the backend's own, or the one an
+/// `auto` backend chose (`None` for HTTP/2 backends, and an `auto` one not reachable).
+async fn http1_pool(pool: &BackendPool) -> Option<Rc<Http1Pool>> {
+    let pool = match pool {
+        BackendPool::Auto(auto) => auto.pool().await?,
+        pool => pool.clone(),
+    };
+    match pool {
+        BackendPool::Http1(pool) => Some(pool),
+        BackendPool::Http2(_) | BackendPool::Auto(_) => None,
+    }
+}
+
+/// RFC 6455 §1.3: the accept value is the base64 SHA-1 of the key and this GUID.
+const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Serves an extended CONNECT for `websocket` on an HTTP/2 or HTTP/3 stream: the backend's
+/// HTTP/1.1 handshake, then the stream's request body to the backend and the backend's bytes
+/// as the response body.
+pub async fn serve_extended<D: Downstream>(
+    downstream: &D,
+    head: &RequestHead,
+    upstream: &Upstream,
+    stats: &ShardStats,
+) -> Outcome {
+    let Some(backend) = upstream.balancer.borrow_mut().pick() else {
+        return reply(downstream, 503, "no healthy backend", Some("1"), false).await;
+    };
+    let Some(pool) = http1_pool(&upstream.pools[backend]).await else {
+        let message = "WebSocket needs an HTTP/1.1 backend (protocol = \"http/1.1\" or \"auto\")";
+        return reply(downstream, 501, message, None, false).await;
+    };
+    let key = websocket_key();
+    let mut headers = head.headers.clone();
+    // The stream's body is the tunnel, not a body of the handshake.
+    headers.remove(http::header::CONTENT_LENGTH);
+    headers.insert(SEC_WEBSOCKET_KEY, key.clone());
+    let handshake = RequestHead {
+        method: Method::GET,
+        uri: head.uri.clone(),
+        headers,
+        content_length: None,
+        client_ip: head.client_ip,
+        protocol: None,
+    };
+    let timeouts = &upstream.plan.timeouts;
+    let limit = timeouts.connect + timeouts.response_headers;
+    let websocket = HeaderValue::from_static("websocket");
+    let id = &upstream.plan.backends[backend].id;
+    match upgrade::upgrade(pool.dialer(), &handshake, &websocket, limit).await {
+        Ok(Upgrade::Switched {
+            mut headers,
+            io,
+            early,
+            ..
+        }) => {
+            let accepted = headers.remove(SEC_WEBSOCKET_ACCEPT);
+            if accepted.as_ref().map(HeaderValue::as_bytes) != Some(accept_for(&key).as_bytes()) {
+                log::debug!("websocket handshake with {id}: wrong or missing Sec-WebSocket-Accept");
+                return reply(downstream, 502, "backend failed", None, false).await;
+            }
+            if downstream.send_head(200, &headers, false).await.is_err() {
+                return Outcome::ClientGone;
+            }
+            stats.websocket_tunnels.incr();
+            stats.websocket_tunnels_active.incr();
+            let outcome = relay_stream(downstream, io, early, timeouts.body_idle).await;
+            stats.websocket_tunnels_active.sub(1);
+            outcome
+        }
+        Ok(Upgrade::Refused {
+            status,
+            headers,
+            body,
+        }) => {
+            if downstream
+                .send_head(status, &headers, body.is_empty())
+                .await
+                .is_err()
+            {
+                return Outcome::ClientGone;
+            }
+            if !body.is_empty() && downstream.write_body(&body, true).await.is_err() {
+                return Outcome::ClientGone;
+            }
+            Outcome::Responded(status)
+        }
+        Err(e) => {
+            log::debug!("websocket handshake with {id}: {e}");
+            reply(downstream, 502, "backend unreachable", None, false).await
+        }
+    }
+}
+
+/// Relays a request stream and a backend connection: the client's body to the backend, the
+/// backend's bytes (`early` first) as the response body. It ends when the backend closes (the
+/// response then ends), the client goes away, or neither sends for `idle`. The client ending
+/// its body does not end the tunnel: WebSocket closes in-band, and the backend closes after it
+/// answered the client's Close frame.
+async fn relay_stream<D: Downstream>(
+    downstream: &D,
+    backend: BackendStream,
+    early: Bytes,
+    idle: Duration,
+) -> Outcome {
+    let backend = RefCell::new(backend);
+    let last_read = Cell::new(Instant::now());
+    let up = async {
+        let mut buf = vec![0u8; BUFFER];
+        loop {
+            match downstream.read_body(&mut buf).await {
+                Ok(BodyRead::Data(n)) => {
+                    last_read.set(Instant::now());
+                    let written = poll_write_all(&backend, &buf[..n]).await;
+                    if written.is_err() {
+                        downstream.abort(Abort::Internal);
+                        return Outcome::Reset;
+                    }
+                }
+                Ok(BodyRead::End(_)) => return future::pending().await,
+                Err(_) => return Outcome::ClientGone,
+            }
+        }
+    };
+    let down = async {
+        if !early.is_empty() && downstream.write_body(&early, false).await.is_err() {
+            return Outcome::ClientGone;
+        }
+        let mut buf = vec![0u8; BUFFER];
+        loop {
+            let read = std::future::poll_fn(|cx| {
+                let mut read_buf = ReadBuf::new(&mut buf);
+                let mut stream = backend.borrow_mut();
+                Pin::new(&mut *stream)
+                    .poll_read(cx, &mut read_buf)
+                    .map_ok(|()| read_buf.filled().len())
+            })
+            .await;
+            match read {
+                Ok(0) => {
+                    return match downstream.write_body(&[], true).await {
+                        Ok(()) => Outcome::Responded(200),
+                        Err(_) => Outcome::ClientGone,
+                    };
+                }
+                Ok(n) => {
+                    last_read.set(Instant::now());
+                    if downstream.write_body(&buf[..n], false).await.is_err() {
+                        return Outcome::ClientGone;
+                    }
+                }
+                Err(e) => {
+                    log::debug!("websocket backend connection failed: {e}");
+                    downstream.abort(Abort::Internal);
+                    return Outcome::Reset;
+                }
+            }
+        }
+    };
+    let idle = async {
+        loop {
+            let left = idle.saturating_sub(last_read.get().elapsed());
+            if left.is_zero() {
+                log::debug!("websocket tunnel idle for {idle:?}");
+                downstream.abort(Abort::Cancelled);
+                return Outcome::Reset;
+            }
+            rt::sleep(left).await;
+        }
+    };
+    future::or(down, future::or(up, idle)).await
+}
+
+/// Writes all of `data` to the backend. The read side holds the stream only inside its own
+/// polls, never across one, so the two directions share it without a lock.
+async fn poll_write_all(backend: &RefCell<BackendStream>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let n =
+            std::future::poll_fn(|cx| Pin::new(&mut *backend.borrow_mut()).poll_write(cx, data))
+                .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+    }
+    std::future::poll_fn(|cx| Pin::new(&mut *backend.borrow_mut()).poll_flush(cx)).await
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 §4.1).
+fn websocket_key() -> HeaderValue {
+    use ring::rand::SecureRandom;
+    let mut nonce = [0u8; 16];
+    // The system generator failing leaves zeros: still a valid key, and the key guards only
+    // against caches replaying handshakes, not against attackers.
+    let _ = ring::rand::SystemRandom::new().fill(&mut nonce);
+    HeaderValue::from_str(&base64(&nonce)).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The `Sec-WebSocket-Accept` a server must answer `key` with (RFC 6455 §4.2.2).
+fn accept_for(key: &HeaderValue) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    context.update(key.as_bytes());
+    context.update(WEBSOCKET_GUID);
+    base64(context.finish().as_ref())
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +479,17 @@ mod tests {
         );
         let h2c = [("connection", "upgrade"), ("upgrade", "h2c")];
         assert_eq!(websocket_upgrade(&parts("GET", &h2c)), None);
+    }
+
+    #[test]
+    fn the_accept_value_is_rfc_6455s_and_base64_pads() {
+        // RFC 6455 §1.3's example handshake.
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(accept_for(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(websocket_key().len(), 24);
+        assert_ne!(websocket_key(), websocket_key());
     }
 }

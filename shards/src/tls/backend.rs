@@ -20,6 +20,13 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::TlsIdentity;
 
+/// `protocol = "h2"`: HTTP/2 must be negotiated (RFC 9113 §3.2).
+pub const ALPN_H2: &[&[u8]] = &[b"h2"];
+/// `protocol = "http/1.1"` over TLS.
+pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
+/// `protocol = "auto"`: the backend picks, HTTP/2 preferred.
+pub const ALPN_AUTO: &[&[u8]] = &[b"h2", b"http/1.1"];
+
 /// Sessions each shard remembers per backend for resumption (rustls's own default is 256 for
 /// a whole process; one backend needs few).
 const SESSIONS_PER_BACKEND: usize = 32;
@@ -34,8 +41,8 @@ pub struct BackendTlsSettings<'a> {
     pub server_name: Option<ServerName<'static>>,
     /// Accept any certificate: an explicit, logged opt-in for test fleets.
     pub insecure_skip_verify: bool,
-    /// The one protocol offered by ALPN (`h2` or `http/1.1`).
-    pub alpn: &'static [u8],
+    /// The protocols offered by ALPN: [`ALPN_H2`], [`ALPN_HTTP1`] or [`ALPN_AUTO`].
+    pub alpn: &'static [&'static [u8]],
 }
 
 /// Why an upstream's TLS configuration could not be built.
@@ -66,7 +73,7 @@ pub enum BackendTlsError {
 pub struct BackendTls {
     template: Arc<rustls::ClientConfig>,
     server_name: Option<ServerName<'static>>,
-    alpn: &'static [u8],
+    alpn: &'static [&'static [u8]],
     insecure: bool,
     /// A digest of everything the configuration was built from, so that a reload that changes
     /// nothing keeps the shards' warm connections.
@@ -77,7 +84,7 @@ impl std::fmt::Debug for BackendTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendTls")
             .field("server_name", &self.server_name)
-            .field("alpn", &String::from_utf8_lossy(self.alpn))
+            .field("alpn", &self.alpn.len())
             .field("insecure", &self.insecure)
             .finish_non_exhaustive()
     }
@@ -117,7 +124,7 @@ impl BackendTls {
             }
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![settings.alpn.to_vec()];
+        config.alpn_protocols = settings.alpn.iter().map(|p| p.to_vec()).collect();
         (
             settings
                 .server_name
@@ -154,8 +161,8 @@ impl BackendTls {
             .unwrap_or_else(|| ServerName::IpAddress(address.ip().into()))
     }
 
-    /// The protocol offered by ALPN.
-    pub fn alpn(&self) -> &'static [u8] {
+    /// The protocols offered by ALPN, preferred first.
+    pub fn alpn(&self) -> &'static [&'static [u8]] {
         self.alpn
     }
 

@@ -135,17 +135,31 @@ impl Dialer {
 
 /// HTTP/2 over TLS must be negotiated (RFC 9113 §3.2); an HTTP/1.1 server may ignore ALPN
 /// altogether, which leaves it speaking HTTP/1.1.
-fn check_alpn(offered: &[u8], chose: Option<&[u8]>) -> Result<(), DialError> {
+fn check_alpn(offered: &[&[u8]], chose: Option<&[u8]>) -> Result<(), DialError> {
     match chose {
-        Some(chose) if chose == offered => Ok(()),
-        None if offered == b"http/1.1" => Ok(()),
+        Some(chose) if offered.contains(&chose) => Ok(()),
+        None if offered.contains(&&b"http/1.1"[..]) => Ok(()),
         other => Err(DialError::Alpn {
-            offered: String::from_utf8_lossy(offered).into_owned(),
+            offered: offered
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
             chose: other.map_or_else(
                 || "nothing".to_string(),
                 |p| String::from_utf8_lossy(p).into_owned(),
             ),
         }),
+    }
+}
+
+impl BackendStream {
+    /// Whether TLS negotiated HTTP/2; cleartext and HTTP/1.1 (or no ALPN) are not.
+    pub fn negotiated_h2(&self) -> bool {
+        match self {
+            BackendStream::Plain(_) => false,
+            BackendStream::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
     }
 }
 
@@ -195,15 +209,20 @@ mod tests {
 
     #[test]
     fn h2_must_be_negotiated_and_http1_may_go_without_alpn() {
-        assert!(check_alpn(b"h2", Some(b"h2")).is_ok());
-        let refused = check_alpn(b"h2", None).unwrap_err();
+        use crate::tls::backend::{ALPN_AUTO, ALPN_H2, ALPN_HTTP1};
+        assert!(check_alpn(ALPN_H2, Some(b"h2")).is_ok());
+        let refused = check_alpn(ALPN_H2, None).unwrap_err();
         assert_eq!(
             refused.to_string(),
             "the backend chose nothing by ALPN instead of h2"
         );
-        assert!(check_alpn(b"h2", Some(b"http/1.1")).is_err());
-        assert!(check_alpn(b"http/1.1", None).is_ok());
-        assert!(check_alpn(b"http/1.1", Some(b"http/1.1")).is_ok());
-        assert!(check_alpn(b"http/1.1", Some(b"h2")).is_err());
+        assert!(check_alpn(ALPN_H2, Some(b"http/1.1")).is_err());
+        assert!(check_alpn(ALPN_HTTP1, None).is_ok());
+        assert!(check_alpn(ALPN_HTTP1, Some(b"http/1.1")).is_ok());
+        assert!(check_alpn(ALPN_HTTP1, Some(b"h2")).is_err());
+        for chose in [Some(&b"h2"[..]), Some(b"http/1.1"), None] {
+            assert!(check_alpn(ALPN_AUTO, chose).is_ok());
+        }
+        assert!(check_alpn(ALPN_AUTO, Some(b"spdy/3")).is_err());
     }
 }

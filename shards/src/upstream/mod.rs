@@ -4,6 +4,7 @@
 //! finding a connection to it touch no shared state. Backends are reached through the
 //! [`connector`] seam, which [`http2`] implements for cleartext HTTP/2 and [`http1`] for HTTP/1.1.
 
+pub mod auto;
 pub mod connector;
 pub mod dial;
 pub mod http1;
@@ -38,6 +39,7 @@ pub struct Upstream {
 pub enum BackendPool {
     Http2(Rc<Http2Pool>),
     Http1(Rc<Http1Pool>),
+    Auto(Rc<auto::AutoPool>),
 }
 
 impl BackendPool {
@@ -59,6 +61,25 @@ impl BackendPool {
                 keepalive,
                 stats.clone(),
             )),
+            BackendProtocol::Auto(keepalive) => match &upstream.tls {
+                Some(tls) => BackendPool::Auto(auto::AutoPool::new(
+                    backend.address,
+                    host,
+                    tls,
+                    backend.stats_slot,
+                    connect_timeout,
+                    keepalive,
+                    stats.clone(),
+                )),
+                // Validation gives `auto` TLS always; without it, HTTP/1.1 is what is left.
+                None => BackendPool::Http1(Http1Pool::new(
+                    dialer,
+                    backend.stats_slot,
+                    connect_timeout,
+                    keepalive,
+                    stats.clone(),
+                )),
+            },
         }
     }
 
@@ -72,6 +93,9 @@ impl BackendPool {
                 pool.serves(address, host, tls, slot, connect)
             }
             (BackendPool::Http1(pool), BackendProtocol::Http1(keepalive)) => {
+                pool.serves(address, host, tls, slot, connect, keepalive)
+            }
+            (BackendPool::Auto(pool), BackendProtocol::Auto(keepalive)) => {
                 pool.serves(address, host, tls, slot, connect, keepalive)
             }
             _ => false,

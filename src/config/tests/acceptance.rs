@@ -276,7 +276,7 @@ fn h2_implies_tls_and_http1_uses_it_when_the_table_is_present() {
         .unwrap()
         .plan();
     let tls = plan.upstreams[0].tls.as_ref().expect("h2 is TLS");
-    assert_eq!(tls.alpn(), b"h2");
+    assert_eq!(tls.alpn(), shards::tls::backend::ALPN_H2);
     assert!(!tls.skips_verification());
     assert!(
         plan.upstreams[1].tls.is_none(),
@@ -292,10 +292,25 @@ fn h2_implies_tls_and_http1_uses_it_when_the_table_is_present() {
         .tls
         .as_ref()
         .expect("http/1.1 with a tls table");
-    assert_eq!(tls.alpn(), b"http/1.1");
+    assert_eq!(tls.alpn(), shards::tls::backend::ALPN_HTTP1);
     assert!(tls.skips_verification());
     let plan = s.parse(&with("protocol = \"http/1.1\"")).unwrap().plan();
     assert!(plan.upstreams[0].tls.is_none());
+    let auto = with(
+        "protocol = \"auto\"\nkeepalive = { max_idle = 7 }\ntls = { insecure_skip_verify = true }",
+    );
+    let plan = s.parse(&auto).unwrap().plan();
+    assert_eq!(
+        plan.upstreams[0].protocol,
+        BackendProtocol::Auto(KeepAlive {
+            max_idle: 7,
+            idle_timeout: DEFAULT_KEEPALIVE.idle_timeout,
+        })
+    );
+    assert_eq!(
+        plan.upstreams[0].tls.as_ref().unwrap().alpn(),
+        shards::tls::backend::ALPN_AUTO
+    );
 }
 
 #[test]

@@ -517,7 +517,7 @@ fn unknown_backend_protocol() {
     assert_problem(
         &s.problems(&text),
         "upstream.api_pool.protocol",
-        "`spdy` is not a backend protocol; use \"h2c\" (cleartext HTTP/2, the default), \"h2\" (HTTP/2 over TLS) or \"http/1.1\"",
+        "`spdy` is not a backend protocol; use \"h2c\" (cleartext HTTP/2, the default), \"h2\" (HTTP/2 over TLS), \"http/1.1\" or \"auto\" (HTTP/2 or HTTP/1.1 over TLS, as the backend chooses by ALPN)",
     );
 }
 
@@ -532,7 +532,7 @@ fn keepalive_belongs_to_http1_and_is_bounded() {
     assert_problem(
         &s.problems(&h2c),
         "upstream.api_pool.keepalive",
-        "applies to protocol = \"http/1.1\" only",
+        "applies to protocol = \"http/1.1\" or \"auto\" only",
     );
     let http1 = edit(
         &s.full(),

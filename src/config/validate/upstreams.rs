@@ -318,12 +318,14 @@ fn check_protocol(p: &mut Problems, base: &str, up: &RawUpstream) -> (BackendPro
         None | Some("h2c") => (false, Transport::Cleartext),
         Some("h2") => (false, Transport::Tls),
         Some("http/1.1") => (true, Transport::TlsIfConfigured),
+        Some("auto") => (true, Transport::Tls),
         Some(other) => {
             p.push(
                 &key,
                 format!(
                     "`{other}` is not a backend protocol; use \"h2c\" (cleartext HTTP/2, the \
-                     default), \"h2\" (HTTP/2 over TLS) or \"http/1.1\""
+                     default), \"h2\" (HTTP/2 over TLS), \"http/1.1\" or \"auto\" (HTTP/2 or \
+                     HTTP/1.1 over TLS, as the backend chooses by ALPN)"
                 ),
             );
             (false, Transport::TlsIfConfigured)
@@ -335,16 +337,16 @@ fn check_protocol(p: &mut Problems, base: &str, up: &RawUpstream) -> (BackendPro
         (Some(_), false) => {
             p.push(
                 format!("{base}.keepalive"),
-                "applies to protocol = \"http/1.1\" only; HTTP/2 multiplexes requests on \
-                 connections it keeps open",
+                "applies to protocol = \"http/1.1\" or \"auto\" only; HTTP/2 multiplexes \
+                 requests on connections it keeps open",
             );
             DEFAULT_KEEPALIVE
         }
     };
-    let protocol = if http1 {
-        BackendProtocol::Http1(keepalive)
-    } else {
-        BackendProtocol::Http2
+    let protocol = match (http1, transport) {
+        (true, Transport::Tls) => BackendProtocol::Auto(keepalive),
+        (true, _) => BackendProtocol::Http1(keepalive),
+        (false, _) => BackendProtocol::Http2,
     };
     (protocol, transport)
 }
@@ -445,9 +447,10 @@ fn check_backend_tls(
     if p.count() > problems_before {
         return None;
     }
-    let alpn: &'static [u8] = match protocol {
-        BackendProtocol::Http2 => b"h2",
-        BackendProtocol::Http1(_) => b"http/1.1",
+    let alpn = match protocol {
+        BackendProtocol::Http2 => ALPN_H2,
+        BackendProtocol::Http1(_) => ALPN_HTTP1,
+        BackendProtocol::Auto(_) => ALPN_AUTO,
     };
     let settings = BackendTlsSettings {
         ca: ca.as_deref(),

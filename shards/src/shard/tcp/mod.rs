@@ -172,6 +172,8 @@ impl Shard {
             .initial_window_size(quic.stream_window.min(i32::MAX as u64) as u32)
             .initial_connection_window_size(quic.connection_window.min(i32::MAX as u64) as u32)
             .max_concurrent_streams(quic.max_concurrent_streams.min(u32::MAX as u64) as u32)
+            // SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441 §3): WebSocket over HTTP/2.
+            .enable_connect_protocol()
             .handshake::<_, Bytes>(tls);
         let mut connection = match rt::within(HANDSHAKE_TIMEOUT, handshake).await {
             Some(Ok(connection)) => connection,
