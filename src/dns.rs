@@ -7,10 +7,12 @@
 //! for that configured entry: a name that grows from two addresses to ten must not take five
 //! times the traffic from the literal backends beside it.
 //!
-//! A [`DnsWatcher`] re-resolves every name at its upstream's `resolve_interval_ms` through a
-//! [`Resolver`] (the system's, by default, so `/etc/hosts`, nsswitch and a local caching
-//! resolver apply; getaddrinfo reports no TTL, so the interval is the refresh period, as in
-//! Envoy's default). When an answer differs from the last, the runtime publishes a plan with the
+//! A [`DnsWatcher`] re-resolves every name through a [`Resolver`]: [`DnsResolver`] by default,
+//! a stub resolver on the system's `/etc/resolv.conf` and `/etc/hosts` that reports each
+//! answer's TTL (as Envoy's, HAProxy's and nginx's own resolvers do; getaddrinfo, the fallback,
+//! reports none). A name is looked up again after its upstream's `resolve_interval_ms` or its
+//! answer's TTL, whichever is shorter (a TTL under a second counts as one second), and the
+//! resolver's cache keeps an answer no longer than its TTL. When an answer differs from the last, the runtime publishes a plan with the
 //! new endpoints, as a reload does: pools of endpoints that remain are kept, requests in flight
 //! on vanished ones finish. A name that stops resolving keeps its last good answer, with a
 //! warning.
@@ -26,21 +28,102 @@ use shards::plan::{BackendName, ProxyPlan, UpstreamPlan};
 
 /// Turns a backend name into addresses. Tests give their own, to change the answers at will.
 pub trait Resolver: Send + Sync + 'static {
-    fn resolve(&self, name: &BackendName) -> io::Result<Vec<IpAddr>>;
+    fn resolve(&self, name: &BackendName) -> io::Result<Resolved>;
 }
 
-/// getaddrinfo, through the standard library.
+/// A resolver's answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub addresses: Vec<IpAddr>,
+    /// How long the answer may be used, when the resolver knows.
+    pub ttl: Option<Duration>,
+}
+
+/// getaddrinfo, through the standard library: nsswitch applies, but no TTL is reported.
 pub struct SystemResolver;
 
 impl Resolver for SystemResolver {
-    fn resolve(&self, name: &BackendName) -> io::Result<Vec<IpAddr>> {
+    fn resolve(&self, name: &BackendName) -> io::Result<Resolved> {
         let addresses = (name.host.as_str(), name.port).to_socket_addrs()?;
-        Ok(addresses.map(|a| a.ip()).collect())
+        Ok(Resolved {
+            addresses: addresses.map(|a| a.ip()).collect(),
+            ttl: None,
+        })
     }
 }
 
+/// A DNS stub resolver (hickory-resolver) on the system's configuration, with TTLs. It runs on
+/// a current-thread tokio runtime of its own, driven only by the thread that asks.
+pub struct DnsResolver {
+    runtime: tokio::runtime::Runtime,
+    resolver: hickory_resolver::TokioResolver,
+}
+
+impl DnsResolver {
+    /// The resolver for `/etc/resolv.conf` and `/etc/hosts`.
+    pub fn from_system() -> io::Result<DnsResolver> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let resolver = {
+            let _inside = runtime.enter();
+            hickory_resolver::Resolver::builder_tokio()
+                .map_err(io::Error::other)?
+                .build()
+        };
+        Ok(DnsResolver { runtime, resolver })
+    }
+
+    /// [`DnsResolver`], or getaddrinfo when the system's DNS configuration cannot be read.
+    pub fn system_or_getaddrinfo() -> Arc<dyn Resolver> {
+        match DnsResolver::from_system() {
+            Ok(resolver) => Arc::new(resolver),
+            Err(e) => {
+                log::warn!(
+                    "cannot read the system's DNS configuration ({e}); resolving backend names \
+                     with getaddrinfo, which reports no TTLs"
+                );
+                Arc::new(SystemResolver)
+            }
+        }
+    }
+}
+
+impl Resolver for DnsResolver {
+    fn resolve(&self, name: &BackendName) -> io::Result<Resolved> {
+        // As getaddrinfo would: resolv.conf's `search` and `ndots` apply, so a short
+        // Kubernetes service name resolves in its namespace.
+        let lookup = self
+            .runtime
+            .block_on(self.resolver.lookup_ip(name.host.as_str()))
+            .map_err(io::Error::other)?;
+        Ok(Resolved {
+            addresses: lookup.iter().collect(),
+            ttl: Some(
+                lookup
+                    .valid_until()
+                    .saturating_duration_since(std::time::Instant::now()),
+            ),
+        })
+    }
+}
+
+/// When a name is looked up again: after the interval, or sooner when its answer's TTL ends.
+pub fn next_refresh(interval: Duration, ttl: Option<Duration>) -> Duration {
+    match ttl {
+        Some(ttl) => interval.min(ttl.max(MIN_REFRESH)),
+        None => interval,
+    }
+}
+
+/// A TTL of zero (or a few milliseconds) must not turn into a lookup per tick.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
 /// The last good answer for each name: distinct addresses, sorted.
 pub type Answers = BTreeMap<BackendName, Vec<IpAddr>>;
+
+/// The TTLs of answers just looked up, for when to look them up again.
+pub type Ttls = BTreeMap<BackendName, Duration>;
 
 /// Every backend name of `upstreams`, with the shortest re-resolution interval of the upstreams
 /// using it.
@@ -57,37 +140,45 @@ pub fn names(upstreams: &[UpstreamPlan]) -> BTreeMap<BackendName, Duration> {
     names
 }
 
-/// Resolves `name` once; `None` when it gives no address (the reason is logged).
-fn resolve_once(resolver: &dyn Resolver, name: &BackendName) -> Result<Vec<IpAddr>, String> {
+/// Resolves `name` once: its distinct addresses, sorted, and the answer's TTL.
+fn resolve_once(
+    resolver: &dyn Resolver,
+    name: &BackendName,
+) -> Result<(Vec<IpAddr>, Option<Duration>), String> {
     match resolver.resolve(name) {
-        Ok(addresses) => {
-            let distinct: BTreeSet<IpAddr> = addresses.into_iter().collect();
+        Ok(resolved) => {
+            let distinct: BTreeSet<IpAddr> = resolved.addresses.into_iter().collect();
             if distinct.is_empty() {
                 Err("no address".to_string())
             } else {
-                Ok(distinct.into_iter().collect())
+                Ok((distinct.into_iter().collect(), resolved.ttl))
             }
         }
         Err(e) => Err(e.to_string()),
     }
 }
 
-/// Answers for every name of `plan`, reusing `known` ones; the others are resolved now. A name
-/// that does not resolve has no endpoints until it does (the watcher keeps trying).
+/// Answers for every name of `plan`, reusing `known` ones; the others are resolved now (with
+/// their TTLs). A name that does not resolve has no endpoints until it does (the watcher keeps
+/// trying).
 pub fn resolve_new(
     resolver: &dyn Resolver,
     upstreams: &[UpstreamPlan],
     known: &Answers,
-) -> Answers {
-    names(upstreams)
+) -> (Answers, Ttls) {
+    let mut ttls = Ttls::new();
+    let answers = names(upstreams)
         .into_keys()
         .filter_map(|name| {
             if let Some(addresses) = known.get(&name) {
                 return Some((name, addresses.clone()));
             }
             match resolve_once(resolver, &name) {
-                Ok(addresses) => {
+                Ok((addresses, ttl)) => {
                     log::info!("backend name {name} resolves to {}", list(&addresses));
+                    if let Some(ttl) = ttl {
+                        ttls.insert(name.clone(), ttl);
+                    }
                     Some((name, addresses))
                 }
                 Err(e) => {
@@ -99,7 +190,8 @@ pub fn resolve_new(
                 }
             }
         })
-        .collect()
+        .collect();
+    (answers, ttls)
 }
 
 /// The plan the shards run: each named backend replaced by its endpoints.
@@ -162,9 +254,12 @@ const TICK: Duration = Duration::from_millis(20);
 impl DnsWatcher {
     /// Watches the names of `plan`, starting from `answers`; calls `changed` with the whole set
     /// whenever a name's addresses change. `None` when the plan has no names.
+    /// `ttls` are those of answers looked up just now: the first lookup of each such name again
+    /// comes at its TTL if that is sooner than its interval.
     pub fn start(
         plan: &ProxyPlan,
         answers: Answers,
+        ttls: Ttls,
         resolver: Arc<dyn Resolver>,
         changed: impl Fn(&Answers) + Send + 'static,
     ) -> io::Result<Option<DnsWatcher>> {
@@ -176,7 +271,7 @@ impl DnsWatcher {
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("spooky-dns".into())
-            .spawn(move || watch(names, answers, &*resolver, &changed, &thread_stop))?;
+            .spawn(move || watch(names, answers, &ttls, &*resolver, &changed, &thread_stop))?;
         Ok(Some(DnsWatcher {
             stop,
             thread: Some(thread),
@@ -187,6 +282,7 @@ impl DnsWatcher {
 fn watch(
     names: BTreeMap<BackendName, Duration>,
     mut answers: Answers,
+    ttls: &Ttls,
     resolver: &dyn Resolver,
     changed: &dyn Fn(&Answers),
     stop: &AtomicBool,
@@ -194,7 +290,10 @@ fn watch(
     let start = Instant::now();
     let mut due: Vec<(BackendName, Duration, Instant)> = names
         .into_iter()
-        .map(|(name, interval)| (name, interval, start + interval))
+        .map(|(name, interval)| {
+            let first = start + next_refresh(interval, ttls.get(&name).copied());
+            (name, interval, first)
+        })
         .collect();
     // Names whose last lookup failed, so a failure is logged once, not every interval.
     let mut failing: BTreeSet<BackendName> = BTreeSet::new();
@@ -207,7 +306,8 @@ fn watch(
             }
             *next = now + *interval;
             match resolve_once(resolver, name) {
-                Ok(addresses) => {
+                Ok((addresses, ttl)) => {
+                    *next = now + next_refresh(*interval, ttl);
                     if failing.remove(name) {
                         log::info!("backend name {name} resolves again");
                     }
@@ -322,9 +422,29 @@ mod tests {
     struct Fixed(Vec<IpAddr>);
 
     impl Resolver for Fixed {
-        fn resolve(&self, _name: &BackendName) -> io::Result<Vec<IpAddr>> {
-            Ok(self.0.clone())
+        fn resolve(&self, _name: &BackendName) -> io::Result<Resolved> {
+            Ok(Resolved {
+                addresses: self.0.clone(),
+                ttl: None,
+            })
         }
+    }
+
+    #[test]
+    fn a_name_is_refreshed_at_its_interval_or_sooner_when_its_ttl_ends() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(next_refresh(minute, None), minute);
+        assert_eq!(
+            next_refresh(minute, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            next_refresh(minute, Some(Duration::from_secs(3600))),
+            minute
+        );
+        assert_eq!(next_refresh(minute, Some(Duration::ZERO)), MIN_REFRESH);
+        let short = Duration::from_millis(100);
+        assert_eq!(next_refresh(short, Some(Duration::ZERO)), short);
     }
 
     #[test]
@@ -336,7 +456,8 @@ mod tests {
         let resolver = Fixed(vec![ip("10.0.0.2"), ip("10.0.0.1"), ip("10.0.0.2")]);
         let a = configured[0].backends[0].name.clone().unwrap();
         let known = Answers::from([(a.clone(), vec![ip("192.0.2.1")])]);
-        let answers = resolve_new(&resolver, &configured, &known);
+        let (answers, ttls) = resolve_new(&resolver, &configured, &known);
+        assert!(ttls.is_empty(), "the fixed resolver gives no TTL");
         assert_eq!(answers[&a], [ip("192.0.2.1")]);
         let b = configured[0].backends[1].name.clone().unwrap();
         assert_eq!(answers[&b], [ip("10.0.0.1"), ip("10.0.0.2")]);

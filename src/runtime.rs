@@ -17,7 +17,7 @@ use shards::{ShardSpec, ShardStats, ShardThread};
 
 use crate::admin::{self, AdminView, SharedView};
 use crate::coordinator::Coordinator;
-use crate::dns::{self, Answers, DnsWatcher, Resolver, SystemResolver};
+use crate::dns::{self, Answers, DnsResolver, DnsWatcher, Resolver};
 use crate::health::HealthChecker;
 use crate::watchdog::Watchdog;
 
@@ -146,13 +146,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn watch_names(
     published: &Arc<Mutex<Publication>>,
     resolver: &Arc<dyn Resolver>,
+    ttls: dns::Ttls,
 ) -> Result<Option<DnsWatcher>, StartError> {
     let (plan, answers) = {
         let p = lock(published);
         (p.configured.clone(), p.answers.clone())
     };
     let target = Arc::downgrade(published);
-    DnsWatcher::start(&plan, answers, resolver.clone(), move |answers| {
+    DnsWatcher::start(&plan, answers, ttls, resolver.clone(), move |answers| {
         let Some(published) = target.upgrade() else {
             return;
         };
@@ -166,9 +167,9 @@ fn watch_names(
 }
 
 impl RunningProxy {
-    /// Starts the shards; backend names are resolved by the system's resolver.
+    /// Starts the shards; backend names are resolved by [`DnsResolver`].
     pub fn start(settings: ProxySettings) -> Result<Self, StartError> {
-        Self::start_with_resolver(settings, Arc::new(SystemResolver))
+        Self::start_with_resolver(settings, DnsResolver::system_or_getaddrinfo())
     }
 
     /// Starts the shards, resolving backend names with `resolver` (tests change its answers).
@@ -179,7 +180,8 @@ impl RunningProxy {
         // Validate TLS material once, here, so a bad file fails startup instead of every shard.
         shards::quic::config::quic_config(&settings.plan).map_err(StartError::Tls)?;
         warn_unverified_backends(&settings.plan);
-        let answers = dns::resolve_new(&*resolver, &settings.plan.upstreams, &Answers::new());
+        let (answers, ttls) =
+            dns::resolve_new(&*resolver, &settings.plan.upstreams, &Answers::new());
         let (sockets, tcp_reservation) =
             shards::net::reuseport::bind_udp_and_tcp(settings.listen, settings.cores.len())
                 .map_err(|source| StartError::Bind {
@@ -258,7 +260,7 @@ impl RunningProxy {
             health: Some(health),
             coordinator: coordinator.clone(),
         }));
-        let dns = watch_names(&published, &resolver)?;
+        let dns = watch_names(&published, &resolver, ttls)?;
         let watchdog = Watchdog::start(handles.iter().map(|h| h.stats.clone()).collect())
             .map_err(StartError::Watchdog)?;
         Ok(RunningProxy {
@@ -331,18 +333,20 @@ impl RunningProxy {
         // The watcher of the old names stops before the new plan is published, so no answer
         // for the old configuration lands after it.
         self.dns = None;
-        {
+        let ttls = {
             let mut published = lock(&self.published);
             // Names still configured keep their answers; new ones are resolved now.
-            published.answers = dns::resolve_new(
+            let (answers, ttls) = dns::resolve_new(
                 &*self.resolver,
                 &settings.plan.upstreams,
                 &published.answers,
             );
+            published.answers = answers;
             published.configured = settings.plan.clone();
             published.publish()?;
-        }
-        self.dns = watch_names(&self.published, &self.resolver)?;
+            ttls
+        };
+        self.dns = watch_names(&self.published, &self.resolver, ttls)?;
         self.plan = settings.plan;
         Ok(needs_restart)
     }

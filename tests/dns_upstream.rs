@@ -13,25 +13,31 @@ use std::time::Duration;
 
 use common::{eventually, http_get, parse_prometheus, Proxy};
 use shards::plan::BackendName;
-use spooky::dns::Resolver;
+use spooky::dns::{Resolved, Resolver};
 use spooky_bench::backend::{self, pattern_sha256, BackendHandle, BackendOptions};
 use spooky_bench::client::{H3Client, Request};
 
-/// Answers what the test last set, for every name.
+/// Answers what the test last set, for every name, with the TTL it set.
 #[derive(Default)]
 struct TestResolver {
-    answer: Mutex<Option<Vec<IpAddr>>>,
+    answer: Mutex<Option<Resolved>>,
 }
 
 impl TestResolver {
     fn set(&self, answer: Option<&[&str]>) {
-        *self.answer.lock().unwrap() =
-            answer.map(|ips| ips.iter().map(|ip| ip.parse().unwrap()).collect());
+        self.set_with_ttl(answer, None);
+    }
+
+    fn set_with_ttl(&self, answer: Option<&[&str]>, ttl: Option<Duration>) {
+        *self.answer.lock().unwrap() = answer.map(|ips| Resolved {
+            addresses: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            ttl,
+        });
     }
 }
 
 impl Resolver for TestResolver {
-    fn resolve(&self, _name: &BackendName) -> io::Result<Vec<IpAddr>> {
+    fn resolve(&self, _name: &BackendName) -> io::Result<Resolved> {
         self.answer
             .lock()
             .unwrap()
@@ -231,4 +237,60 @@ fn a_named_tls_backend_is_verified_and_greeted_by_its_host_name() {
             client_certificate: false,
         }]
     );
+}
+
+#[test]
+fn a_short_ttl_brings_the_next_lookup_forward_and_without_one_the_interval_holds() {
+    let first = backend_at("127.0.0.1:0".parse().unwrap(), "first");
+    let port = first.addr().port();
+    let _second = backend_at(SocketAddr::from(([127, 0, 0, 2], port)), "second");
+    let resolver = Arc::new(TestResolver::default());
+    resolver.set(Some(&["127.0.0.1"]));
+    // A minute between lookups: only a TTL can make the change show sooner.
+    let proxy = Proxy::start_with_resolver(
+        "dns-ttl",
+        &named_upstream(&format!("ttl.test:{port}"), 60_000),
+        resolver.clone(),
+    );
+    let mut client = proxy.client();
+    assert_eq!(served_by(&mut client), "first");
+    resolver.set(Some(&["127.0.0.2"]));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        served_by(&mut client),
+        "first",
+        "looked up again before the interval"
+    );
+
+    // Start again with an answer that lives 100 ms: the next lookup comes after a second (the
+    // floor), not after the minute.
+    resolver.set_with_ttl(Some(&["127.0.0.1"]), Some(Duration::from_millis(100)));
+    let proxy = Proxy::start_with_resolver(
+        "dns-ttl-short",
+        &named_upstream(&format!("ttl.test:{port}"), 60_000),
+        resolver.clone(),
+    );
+    let mut client = proxy.client();
+    assert_eq!(served_by(&mut client), "first");
+    resolver.set_with_ttl(Some(&["127.0.0.2"]), Some(Duration::from_millis(100)));
+    assert!(
+        eventually(Duration::from_secs(4), || served_by(&mut client)
+            == "second"),
+        "the TTL did not bring the lookup forward"
+    );
+}
+
+#[test]
+fn the_dns_resolver_answers_localhost_from_the_system_configuration_with_a_ttl() {
+    let resolver = spooky::dns::DnsResolver::from_system().expect("system DNS configuration");
+    let name = BackendName {
+        host: "localhost".into(),
+        port: 80,
+    };
+    let resolved = resolver.resolve(&name).expect("localhost resolves");
+    assert!(
+        resolved.addresses.contains(&"127.0.0.1".parse().unwrap()),
+        "{resolved:?}"
+    );
+    assert!(resolved.ttl.is_some(), "{resolved:?}");
 }

@@ -52,7 +52,11 @@ impl Proxy {
     /// Starts a proxy from `body`: TOML that holds everything but `[listen]`, which the harness
     /// supplies (127.0.0.1, port 0, generated certificates).
     pub fn start(label: &str, body: &str) -> Proxy {
-        Self::start_with_resolver(label, body, Arc::new(spooky::dns::SystemResolver))
+        Self::start_with_resolver(
+            label,
+            body,
+            spooky::dns::DnsResolver::system_or_getaddrinfo(),
+        )
     }
 
     /// Like `start`, with backend names resolved by `resolver`.
