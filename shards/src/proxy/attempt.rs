@@ -36,14 +36,18 @@ pub async fn attempt<D: Downstream>(
         stats,
         in_flight: &in_flight,
     };
+    let learned;
     let pool = match &upstream.pools[backend] {
         BackendPool::Auto(auto) => match auto.pool().await {
-            Some(pool) => pool,
+            Some(pool) => {
+                learned = pool;
+                &learned
+            }
             None => return Err(AttemptFailure::Exchange(ExchangeFailure::Connect)),
         },
-        pool => pool.clone(),
+        pool => pool,
     };
-    match &pool {
+    match pool {
         BackendPool::Http2(pool) => exchange.run(pool).await,
         BackendPool::Http1(pool) => exchange.run(pool).await,
         // `AutoPool::pool` gives the pool it learned, never another `Auto`.

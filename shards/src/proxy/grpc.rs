@@ -10,15 +10,14 @@ use http::{HeaderMap, HeaderValue};
 /// `application/grpc+FORMAT` / `;parameters` forms (gRPC over HTTP/2, "Requests"). gRPC-Web
 /// (`application/grpc-web`) carries its trailers in the body and is not included.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            let v = v.to_ascii_lowercase();
-            v == "application/grpc"
-                || v.starts_with("application/grpc+")
-                || v.starts_with("application/grpc;")
-        })
+    // Asked of every proxied request: compared in place, without a lowercase copy.
+    const GRPC: &[u8] = b"application/grpc";
+    headers.get(CONTENT_TYPE).is_some_and(|value| {
+        let value = value.as_bytes();
+        value.len() >= GRPC.len()
+            && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(value.get(GRPC.len()), None | Some(b'+' | b';'))
+    })
 }
 
 /// The gRPC status for an HTTP status Spooky would have answered, following gRPC's

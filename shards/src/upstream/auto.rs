@@ -56,22 +56,6 @@ impl AutoPool {
         })
     }
 
-    /// Whether this pool can serve a backend with these settings unchanged.
-    pub fn serves(
-        &self,
-        address: SocketAddr,
-        host: Option<&str>,
-        tls: Option<&BackendTls>,
-        stats_slot: usize,
-        connect_timeout: Duration,
-        keepalive: KeepAlive,
-    ) -> bool {
-        self.probe.serves(address, host, tls)
-            && self.stats_slot == stats_slot
-            && self.connect_timeout == connect_timeout
-            && self.keepalive == keepalive
-    }
-
     /// The pool for the backend's protocol, learning it first if need be; `None` when the
     /// backend could not be reached to ask (the dialer logged why).
     pub async fn pool(&self) -> Option<BackendPool> {

@@ -72,23 +72,6 @@ impl Dialer {
         self.address
     }
 
-    /// Whether this dialer reaches `address` the way `tls` asks.
-    pub fn serves(
-        &self,
-        address: SocketAddr,
-        host: Option<&str>,
-        tls: Option<&BackendTls>,
-    ) -> bool {
-        self.address == address
-            && match (&self.tls, tls) {
-                (None, None) => true,
-                (Some(mine), Some(tls)) => {
-                    mine.plan == *tls && mine.server_name == tls.server_name_for(address, host)
-                }
-                _ => false,
-            }
-    }
-
     pub async fn dial(&self) -> Result<BackendStream, DialError> {
         let stream = TcpStream::connect(self.address)
             .await

@@ -32,6 +32,32 @@ pub struct Upstream {
     pub retry_budget: RetryBudget,
     /// One pool per backend, in plan order.
     pub pools: Vec<BackendPool>,
+    /// What each pool was built for, so a reload keeps the pools of unchanged backends.
+    pool_keys: Vec<PoolKey>,
+}
+
+/// Everything a backend's pool depends on: equal keys mean the pool can be kept as it is.
+#[derive(PartialEq)]
+struct PoolKey {
+    address: std::net::SocketAddr,
+    host: Option<String>,
+    protocol: BackendProtocol,
+    tls: Option<crate::tls::backend::BackendTls>,
+    stats_slot: usize,
+    connect_timeout: std::time::Duration,
+}
+
+impl PoolKey {
+    fn new(upstream: &UpstreamPlan, backend: &BackendPlan) -> PoolKey {
+        PoolKey {
+            address: backend.address,
+            host: backend.name.as_ref().map(|n| n.host.clone()),
+            protocol: upstream.protocol,
+            tls: upstream.tls.clone(),
+            stats_slot: backend.stats_slot,
+            connect_timeout: upstream.timeouts.connect,
+        }
+    }
 }
 
 /// One shard's connections to one backend, in the upstream's protocol.
@@ -82,25 +108,6 @@ impl BackendPool {
             },
         }
     }
-
-    /// Whether this pool can serve `backend` with these settings unchanged.
-    fn serves(&self, upstream: &UpstreamPlan, backend: &BackendPlan) -> bool {
-        let (address, slot) = (backend.address, backend.stats_slot);
-        let host = backend.name.as_ref().map(|n| n.host.as_str());
-        let (tls, connect) = (upstream.tls.as_ref(), upstream.timeouts.connect);
-        match (self, upstream.protocol) {
-            (BackendPool::Http2(pool), BackendProtocol::Http2) => {
-                pool.serves(address, host, tls, slot, connect)
-            }
-            (BackendPool::Http1(pool), BackendProtocol::Http1(keepalive)) => {
-                pool.serves(address, host, tls, slot, connect, keepalive)
-            }
-            (BackendPool::Auto(pool), BackendProtocol::Auto(keepalive)) => {
-                pool.serves(address, host, tls, slot, connect, keepalive)
-            }
-            _ => false,
-        }
-    }
 }
 
 pub struct Upstreams {
@@ -119,35 +126,45 @@ impl Upstreams {
         stats: &Arc<ShardStats>,
         previous: Option<&Upstreams>,
     ) -> Self {
-        let reusable: Vec<&BackendPool> = previous
+        let reusable: Vec<(&PoolKey, &BackendPool)> = previous
             .into_iter()
             .flat_map(|p| p.list.iter())
-            .flat_map(|u| u.pools.iter())
+            .flat_map(|u| u.pool_keys.iter().zip(&u.pools))
             .collect();
         let list = plan
             .upstreams
             .iter()
             .enumerate()
-            .map(|(i, upstream)| Upstream {
-                plan: upstream.clone(),
-                retry_budget: RetryBudget::new(upstream.retry_budget),
-                // Different seeds per shard and upstream keep random picks uncorrelated.
-                balancer: RefCell::new(Balancer::new(
-                    upstream.balancing.clone(),
-                    &upstream.backends,
-                    seed(shard_index, i),
-                )),
-                pools: upstream
+            .map(|(i, upstream)| {
+                let pool_keys: Vec<PoolKey> = upstream
                     .backends
                     .iter()
-                    .map(|b| {
+                    .map(|b| PoolKey::new(upstream, b))
+                    .collect();
+                let pools = upstream
+                    .backends
+                    .iter()
+                    .zip(&pool_keys)
+                    .map(|(b, key)| {
                         reusable
                             .iter()
-                            .find(|pool| pool.serves(upstream, b))
-                            .map(|pool| (*pool).clone())
+                            .find(|(kept, _)| *kept == key)
+                            .map(|(_, pool)| (*pool).clone())
                             .unwrap_or_else(|| BackendPool::new(upstream, b, stats))
                     })
-                    .collect(),
+                    .collect();
+                Upstream {
+                    plan: upstream.clone(),
+                    retry_budget: RetryBudget::new(upstream.retry_budget),
+                    // Different seeds per shard and upstream keep random picks uncorrelated.
+                    balancer: RefCell::new(Balancer::new(
+                        upstream.balancing.clone(),
+                        &upstream.backends,
+                        seed(shard_index, i),
+                    )),
+                    pools,
+                    pool_keys,
+                }
             })
             .collect();
         Upstreams {

@@ -21,7 +21,6 @@ use super::upload::UploadBody;
 use crate::plan::KeepAlive;
 use crate::rt;
 use crate::stats::ShardStats;
-use crate::tls::backend::BackendTls;
 use crate::upstream::dial::{DialError, Dialer};
 
 /// Longest wait for a returned connection to be ready for its next request. hyper makes it
@@ -82,22 +81,6 @@ impl Http1Pool {
             idle: RefCell::new(Vec::new()),
             stats,
         })
-    }
-
-    /// Whether this pool can serve a backend with these settings unchanged.
-    pub fn serves(
-        &self,
-        address: std::net::SocketAddr,
-        host: Option<&str>,
-        tls: Option<&BackendTls>,
-        stats_slot: usize,
-        connect_timeout: Duration,
-        keepalive: KeepAlive,
-    ) -> bool {
-        self.dialer.serves(address, host, tls)
-            && self.stats_slot == stats_slot
-            && self.connect_timeout == connect_timeout
-            && self.keepalive == keepalive
     }
 
     /// How this pool's connections are opened (an upgrade opens one of its own with it).

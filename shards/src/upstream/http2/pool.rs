@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use crate::rt;
 use crate::stats::ShardStats;
-use crate::tls::backend::BackendTls;
 use crate::upstream::dial::{DialError, Dialer};
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -108,20 +107,6 @@ impl Http2Pool {
             waiters: RefCell::new(Vec::new()),
             stats,
         })
-    }
-
-    /// Whether this pool can serve a backend with these settings unchanged.
-    pub fn serves(
-        &self,
-        address: std::net::SocketAddr,
-        host: Option<&str>,
-        tls: Option<&BackendTls>,
-        stats_slot: usize,
-        connect_timeout: Duration,
-    ) -> bool {
-        self.dialer.serves(address, host, tls)
-            && self.stats_slot == stats_slot
-            && self.connect_timeout == connect_timeout
     }
 
     /// Open connections (including ones that have not noticed they died yet).
