@@ -70,6 +70,7 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
             protocol: shards::plan::BackendProtocol::Http2,
             tls: None,
             resolve_interval: shards::plan::DEFAULT_RESOLVE_INTERVAL,
+            limits: Default::default(),
             backends: vec![BackendPlan {
                 id: "built-in".into(),
                 address: backend,

@@ -372,6 +372,7 @@ mod tests {
             protocol: BackendProtocol::Http2,
             tls: None,
             resolve_interval: DEFAULT_RESOLVE_INTERVAL,
+            limits: Default::default(),
             backends,
         }]
     }

@@ -182,6 +182,22 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
         "Requests rejected as malformed.",
         |s| &s.malformed_requests,
     );
+    header(
+        out,
+        "spooky_requests_limited_total",
+        "counter",
+        "Requests answered 431, 414, 413 or 429 for breaking a limit, by reason.",
+    );
+    for (index, stats) in shards.iter().enumerate() {
+        for exceeded in shards::proxy::limits::Exceeded::ALL {
+            let _ = writeln!(
+                out,
+                "spooky_requests_limited_total{{shard=\"{index}\",reason=\"{}\"}} {}",
+                exceeded.reason(),
+                stats.limited.get(exceeded).get()
+            );
+        }
+    }
     per_shard(
         out,
         shards,
@@ -225,11 +241,69 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
             ("unknown_connection", &stats.datagrams_dropped_unknown),
             ("malformed", &stats.datagrams_dropped_malformed),
             ("send_failed", &stats.datagrams_send_failed),
-            ("other_owner", &stats.datagrams_dropped_foreign),
+            ("foreign_id", &stats.datagrams_dropped_foreign_id),
+            ("handoff_failed", &stats.datagrams_dropped_handoff),
+            ("initial_too_small", &stats.refusals.too_small),
+            ("draining", &stats.refusals.draining),
+            ("connection_limit", &stats.refusals.connection_limit),
+            ("handshake_limit", &stats.refusals.handshake_limit),
+            ("source_rate", &stats.refusals.source_rate),
+            ("invalid_token", &stats.refusals.invalid_token),
+            ("overload", &stats.refusals.overload),
         ] {
             let _ = writeln!(
                 out,
                 "spooky_datagrams_dropped_total{{shard=\"{index}\",reason=\"{reason}\"}} {}",
+                counter.get()
+            );
+        }
+    }
+    per_shard(
+        out,
+        shards,
+        "spooky_quic_retries_sent_total",
+        "counter",
+        "Retry packets sent to make new clients prove their address (RFC 9000 §8.1.2).",
+        |s| &s.retries_sent,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_quic_handshake_timeouts_total",
+        "counter",
+        "Connections dropped because their handshake outlived quic.handshake_timeout_ms.",
+        |s| &s.handshake_timeouts,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_quic_handshakes_active",
+        "gauge",
+        "QUIC connections still in their handshake.",
+        |s| &s.handshakes_active,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_quic_unvalidated_connections",
+        "gauge",
+        "Connections in their handshake whose client address is not validated yet.",
+        |s| &s.unvalidated_active,
+    );
+    header(
+        out,
+        "spooky_quic_unvalidated_bytes_total",
+        "counter",
+        "Bytes exchanged with unvalidated addresses; sent stays at most 3x received (RFC 9000 §8.1).",
+    );
+    for (index, stats) in shards.iter().enumerate() {
+        for (direction, counter) in [
+            ("received", &stats.unvalidated_bytes_received),
+            ("sent", &stats.unvalidated_bytes_sent),
+        ] {
+            let _ = writeln!(
+                out,
+                "spooky_quic_unvalidated_bytes_total{{shard=\"{index}\",direction=\"{direction}\"}} {}",
                 counter.get()
             );
         }

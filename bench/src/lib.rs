@@ -1,9 +1,10 @@
 //! Spooky's test and benchmark tools: an HTTP/3 client ([`client`]), an HTTP/2 test backend
-//! ([`backend`]), the load generator ([`load`]) and the benchmark matrix ([`matrix`]), used by the
+//! ([`backend`]), hostile traffic ([`flood`]), the load generator ([`load`]) and the benchmark matrix ([`matrix`]), used by the
 //! integration tests and by the `spooky-bench` command.
 
 pub mod backend;
 pub mod client;
+pub mod flood;
 pub mod load;
 pub mod matrix;
 pub mod pickcost;

@@ -49,6 +49,31 @@ pub struct QuicSettings {
     pub steering: SteeringMode,
     /// bpffs directory where the reuseport group's socket map is shared between processes.
     pub bpf_pin_dir: PathBuf,
+    /// When new clients must prove their address with a Retry first (RFC 9000 §8.1.2).
+    pub retry: RetryMode,
+    /// With [`RetryMode::Auto`]: Retry once the shard holds more unvalidated connections.
+    pub retry_above: usize,
+    /// A connection still in its handshake after this long is dropped without a reply.
+    pub handshake_timeout: Duration,
+    /// Connections a shard holds at most; Initials beyond are dropped.
+    pub max_connections: usize,
+    /// Connections in their handshake a shard holds at most; Initials beyond are dropped.
+    pub max_handshakes: usize,
+    /// New connections per second one client address (IPv4 /32, IPv6 /64) may open per shard,
+    /// after a burst of `new_connection_burst`; 0 turns the limit off.
+    pub new_connection_rate: u32,
+    pub new_connection_burst: u32,
+}
+
+/// When a shard answers a new client's first Initial with a Retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryMode {
+    /// Once the shard holds more than `retry_above` connections whose address is not validated.
+    Auto,
+    /// Every new connection.
+    Always,
+    /// Never: unvalidated connections are bounded by `max_handshakes` alone.
+    Off,
 }
 
 /// How packets are steered to their connection's shard (see `shards::steering`).
@@ -73,6 +98,15 @@ impl Default for QuicSettings {
             max_udp_payload: 1350,
             steering: SteeringMode::Auto,
             bpf_pin_dir: PathBuf::from("/sys/fs/bpf/spooky"),
+            retry: RetryMode::Auto,
+            // HAProxy's `quic-retry-threshold` default: a busy shard has far fewer half-open
+            // connections than this from real clients, whose handshakes finish in one round trip.
+            retry_above: 100,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            max_handshakes: 10_000,
+            new_connection_rate: 200,
+            new_connection_burst: 400,
         }
     }
 }
@@ -97,7 +131,53 @@ pub struct UpstreamPlan {
     pub tls: Option<BackendTls>,
     /// How often the coordinator re-resolves this upstream's backend names.
     pub resolve_interval: Duration,
+    /// What a request to this pool may be (`[limits]`, overridden by `[upstream.NAME.limits]`).
+    pub limits: RequestLimits,
     pub backends: Vec<BackendPlan>,
+}
+
+/// Largest request field section quiche accepts before Spooky sees it: beyond this, quiche closes
+/// the connection (H3_EXCESSIVE_LOAD) instead of letting Spooky answer `431` on the stream, so
+/// `max_header_bytes` is capped at a quarter of it.
+pub const FIELD_SECTION_CEILING: u64 = 1024 * 1024;
+
+/// Bounds on one request, each answered on its own stream (the connection and its other
+/// requests carry on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Field section size as RFC 9114 §4.2.2 counts it (name + value + 32 per field) -> `431`.
+    pub max_header_bytes: usize,
+    /// Fields in the request's header section, pseudo-headers included -> `431`.
+    pub max_headers: usize,
+    /// Length of the request target (path and query) -> `414`.
+    pub max_uri_bytes: usize,
+    /// Request body bytes -> `413` (at once for a larger `content-length`, else when the stream
+    /// crosses it); `None` is unlimited.
+    pub max_body_bytes: Option<u64>,
+    /// Requests per second one client address (IPv4, IPv6 /64) may send to the pool on one shard
+    /// after a burst, beyond which it gets `429`; `None` is unlimited.
+    pub rate: Option<RequestRate>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestRate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        // Envoy's header defaults (60 KiB, 100 fields) rounded to a power of two; nginx's 8 KiB
+        // request line. No body or rate limit unless the operator asks: either would break some
+        // application that worked before.
+        RequestLimits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: None,
+            rate: None,
+        }
+    }
 }
 
 /// The protocol a pool's backends speak (`upstream.NAME.protocol`).

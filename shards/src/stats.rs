@@ -7,6 +7,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::proxy::limits::Exceeded;
+use crate::quic::admission::Refusal;
+
 /// A counter with exactly one writer: its shard.
 #[derive(Default, Debug)]
 pub struct Counter(AtomicU64);
@@ -140,8 +143,25 @@ pub struct ShardStats {
     /// Datagrams passed to the shard that owns their connection (client address changed and
     /// kernel steering is off).
     pub datagrams_handed_off: Counter,
-    /// Datagrams for a connection of another process (or a closed one) that no shard here owns.
-    pub datagrams_dropped_foreign: Counter,
+    /// Short-header and Handshake datagrams whose connection ID no shard of this process issued
+    /// (noise, or another process's connection on a shared port).
+    pub datagrams_dropped_foreign_id: Counter,
+    /// Datagrams for another shard of ours that could not be handed to it.
+    pub datagrams_dropped_handoff: Counter,
+    /// Initials that did not start a connection, by reason.
+    pub refusals: Refusals,
+    /// Retry packets sent (RFC 9000 §8.1.2).
+    pub retries_sent: Counter,
+    /// Connections dropped because their handshake outlived `quic.handshake_timeout_ms`.
+    pub handshake_timeouts: Counter,
+    /// Connections in their handshake, and those of them whose address is not validated
+    /// (gauges).
+    pub handshakes_active: Counter,
+    pub unvalidated_active: Counter,
+    /// Bytes received from and sent to addresses not yet validated: RFC 9000 §8.1 allows at
+    /// most three times as many out as in.
+    pub unvalidated_bytes_received: Counter,
+    pub unvalidated_bytes_sent: Counter,
     pub connections_accepted: Counter,
     /// Open QUIC connections (gauge).
     pub connections_active: Counter,
@@ -164,6 +184,8 @@ pub struct ShardStats {
     /// Requests the client cancelled before their response completed.
     pub client_cancels: Counter,
     pub malformed_requests: Counter,
+    /// Requests answered `431`, `414`, `413` or `429` for breaking a limit.
+    pub limited: LimitCounters,
     pub backend_connects: Counter,
     pub backend_connect_failures: Counter,
     /// Requests sent again to another backend after a failure that left them unprocessed.
@@ -173,6 +195,56 @@ pub struct ShardStats {
     pub request_duration: DurationHistogram,
     /// Per backend, indexed by the backend's `stats_slot`; fixed size, never reallocated.
     pub backends: Box<[BackendStats]>,
+}
+
+/// Initials refused before any TLS work, one counter per [`Refusal`].
+#[derive(Default, Debug)]
+pub struct Refusals {
+    pub too_small: Counter,
+    pub draining: Counter,
+    pub connection_limit: Counter,
+    pub handshake_limit: Counter,
+    pub source_rate: Counter,
+    pub invalid_token: Counter,
+    pub overload: Counter,
+}
+
+impl Refusals {
+    pub fn counter(&self, refusal: Refusal) -> &Counter {
+        match refusal {
+            Refusal::TooSmall => &self.too_small,
+            Refusal::Draining => &self.draining,
+            Refusal::ConnectionLimit => &self.connection_limit,
+            Refusal::HandshakeLimit => &self.handshake_limit,
+            Refusal::SourceRate => &self.source_rate,
+            Refusal::InvalidToken => &self.invalid_token,
+            Refusal::Overload => &self.overload,
+        }
+    }
+}
+
+/// A counter per [`Exceeded`] limit.
+#[derive(Default, Debug)]
+pub struct LimitCounters {
+    header: Counter,
+    uri: Counter,
+    body: Counter,
+    rate: Counter,
+}
+
+impl LimitCounters {
+    pub fn get(&self, exceeded: Exceeded) -> &Counter {
+        match exceeded {
+            Exceeded::Header => &self.header,
+            Exceeded::Uri => &self.uri,
+            Exceeded::Body => &self.body,
+            Exceeded::Rate => &self.rate,
+        }
+    }
+
+    pub fn count(&self, exceeded: Exceeded) {
+        self.get(exceeded).incr();
+    }
 }
 
 /// A counter per client protocol.

@@ -54,6 +54,7 @@ pub struct RawConfig {
     pub runtime: RawRuntime,
     #[serde(default)]
     pub quic: RawQuic,
+    pub limits: Option<RawLimits>,
     /// Absent and empty are both reported by validation as "no upstreams", alongside any other
     /// problem, rather than as a parse error that would hide the rest.
     #[serde(default)]
@@ -121,6 +122,13 @@ pub struct RawQuic {
     pub max_udp_payload_size: Option<Int>,
     pub steering: Option<String>,
     pub bpf_pin_dir: Option<String>,
+    pub retry: Option<String>,
+    pub retry_above: Option<Int>,
+    pub handshake_timeout_ms: Option<Int>,
+    pub max_connections: Option<Int>,
+    pub max_handshakes: Option<Int>,
+    pub new_connection_rate: Option<Int>,
+    pub new_connection_burst: Option<Int>,
 }
 
 /// The `[upstream.NAME]` tables in the order they appear in the file.
@@ -172,9 +180,22 @@ pub struct RawUpstream {
     pub keepalive: Option<RawKeepAlive>,
     pub tls: Option<RawBackendTls>,
     pub resolve_interval_ms: Option<Int>,
+    pub limits: Option<RawLimits>,
     /// Defaults to empty so that an empty pool is reported by validation with its key path.
     #[serde(default)]
     pub backends: Vec<RawBackend>,
+}
+
+/// `[limits]` and `[upstream.NAME.limits]`: bounds on one request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<Int>,
+    pub max_headers: Option<Int>,
+    pub max_uri_bytes: Option<Int>,
+    pub max_request_body_bytes: Option<Int>,
+    pub requests_per_second: Option<Int>,
+    pub requests_burst: Option<Int>,
 }
 
 /// `[upstream.NAME.keepalive]`: idle HTTP/1.1 connections.

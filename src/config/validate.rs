@@ -13,7 +13,7 @@ use std::time::Duration;
 use log::LevelFilter;
 use shards::plan::{
     BackendName, BackendPlan, BackendProtocol, Balancing, HashKey, HealthCheckPlan, KeepAlive,
-    ProxyPlan, QuicSettings, RoutePlan, SteeringMode, UpstreamPlan, UpstreamTimeouts,
+    ProxyPlan, QuicSettings, RetryMode, RoutePlan, SteeringMode, UpstreamPlan, UpstreamTimeouts,
     DEFAULT_KEEPALIVE, DEFAULT_RESOLVE_INTERVAL, DEFAULT_RETRIES, DEFAULT_RETRY_BUDGET,
 };
 
@@ -26,11 +26,13 @@ use shards::tls::{SniCertificates, TlsError, TlsIdentity};
 use super::error::Problem;
 use super::model::{
     BalancingKind, Int, RawBackendTls, RawCertificate, RawConfig, RawHealthCheck, RawKeepAlive,
-    RawQuic, RawRedirect, RawRuntime, RawUpstream,
+    RawLimits, RawQuic, RawRedirect, RawRuntime, RawUpstream,
 };
 use super::{Config, LogFormat};
+use limits::check_limits;
 use upstreams::check_upstreams;
 
+mod limits;
 mod upstreams;
 
 /// Flow-control windows smaller than this stall transfers on any real path; QUIC implementations
@@ -43,6 +45,10 @@ pub const VARINT_MAX: i64 = (1 << 62) - 1;
 pub const MAX_STREAMS: i64 = 1 << 60;
 /// RFC 9000 §14: QUIC requires paths to carry at least 1200-byte datagrams, and
 /// `max_udp_payload_size` above 65527 is invalid (§18.2).
+/// Upper bound for connection counts: a shard cannot hold more than this in any memory.
+pub const MAX_CONNECTIONS: i64 = 10_000_000;
+/// Upper bound for per-source rates (new connections a second).
+pub const MAX_SOURCE_RATE: i64 = 1_000_000;
 pub const MIN_UDP_PAYLOAD: i64 = 1200;
 pub const MAX_UDP_PAYLOAD: i64 = 65527;
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -250,7 +256,8 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         },
     };
     let quic = check_quic(&mut p, &raw.quic);
-    let upstreams = check_upstreams(&mut p, &raw.upstream.0, base_dir);
+    let limits = check_limits(&mut p, "limits", raw.limits.as_ref(), Default::default());
+    let upstreams = check_upstreams(&mut p, &raw.upstream.0, base_dir, limits);
 
     let log_level = match raw.log.level.as_deref() {
         None => DEFAULT_LOG_LEVEL,
@@ -669,6 +676,77 @@ fn check_quic(p: &mut Problems, quic: &RawQuic) -> QuicSettings {
             "quic.steering",
             format!("unknown steering `{other}`; expected \"auto\", \"bpf\" or \"off\""),
         ),
+    }
+    match quic.retry.as_deref() {
+        None | Some("auto") => {}
+        Some("always") => q.retry = RetryMode::Always,
+        Some("off") => q.retry = RetryMode::Off,
+        Some(other) => p.push(
+            "quic.retry",
+            format!("unknown retry mode `{other}`; expected \"auto\", \"always\" or \"off\""),
+        ),
+    }
+    let count = |p: &mut Problems, key: &str, value: Option<Int>, lo: i64, target: &mut usize| {
+        if let Some(Int(v)) = value {
+            if let Some(v) = p.in_range(key, v, lo, MAX_CONNECTIONS, "") {
+                *target = v as usize;
+            }
+        }
+    };
+    count(
+        p,
+        "quic.retry_above",
+        quic.retry_above,
+        0,
+        &mut q.retry_above,
+    );
+    count(
+        p,
+        "quic.max_connections",
+        quic.max_connections,
+        1,
+        &mut q.max_connections,
+    );
+    count(
+        p,
+        "quic.max_handshakes",
+        quic.max_handshakes,
+        1,
+        &mut q.max_handshakes,
+    );
+    if let Some(Int(v)) = quic.handshake_timeout_ms {
+        if let Some(v) = p.in_range("quic.handshake_timeout_ms", v, 100, 600_000, " ms") {
+            q.handshake_timeout = Duration::from_millis(v as u64);
+        }
+    }
+    if let Some(Int(v)) = quic.new_connection_rate {
+        if let Some(v) = p.in_range(
+            "quic.new_connection_rate",
+            v,
+            0,
+            MAX_SOURCE_RATE,
+            " per second",
+        ) {
+            q.new_connection_rate = v as u32;
+        }
+    }
+    if let Some(Int(v)) = quic.new_connection_burst {
+        if let Some(v) = p.in_range("quic.new_connection_burst", v, 1, MAX_SOURCE_RATE, "") {
+            q.new_connection_burst = v as u32;
+        }
+    }
+    if quic.handshake_timeout_ms.is_none() {
+        // The default yields to a shorter idle timeout rather than make that setting an error.
+        q.handshake_timeout = q.handshake_timeout.min(q.idle_timeout);
+    } else if q.handshake_timeout > q.idle_timeout {
+        p.push(
+            "quic.handshake_timeout_ms",
+            format!(
+                "must not exceed quic.idle_timeout_ms ({} ms), got {} ms: the idle timeout would end the handshake first",
+                q.idle_timeout.as_millis(),
+                q.handshake_timeout.as_millis()
+            ),
+        );
     }
     if let Some(dir) = &quic.bpf_pin_dir {
         if Path::new(dir).is_absolute() {

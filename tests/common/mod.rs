@@ -327,3 +327,27 @@ pub fn free_port() -> u16 {
     }
     panic!("no port free for UDP and TCP below {ephemeral_low}");
 }
+
+/// The sum of every sample of metric `name` whose labels include `labels`, scraped from the
+/// admin endpoint at `admin`.
+pub fn metric_sum(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (status, body) = http_get(admin, "/metrics").expect("scrape /metrics");
+    assert_eq!(status, 200);
+    parse_prometheus(&body)
+        .unwrap_or_else(|e| panic!("{e}\n{body}"))
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Resident memory of process `pid`, in bytes (`VmRSS` of `/proc/PID/status`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmRSS in /proc/PID/status")
+        * 1024
+}

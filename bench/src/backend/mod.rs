@@ -1,5 +1,6 @@
 //! An HTTP/2 test backend (cleartext, prior knowledge) with endpoints for every behaviour the
-//! proxy must get right: exact bodies of any size, echo, delays, chosen statuses, trailers and a
+//! proxy must get right: exact bodies of any size, echo, a sink that reads the whole upload before
+//! answering, delays, chosen statuses, trailers and a
 //! reset in the middle of a body. With [`BackendOptions::http1`] it speaks HTTP/1.1 instead
 //! ([`http1`]). Runs on its own tokio runtime thread, in-process for tests or
 //! from `spooky-bench backend`, and counts what it saw so tests can assert on the backend side.
@@ -463,6 +464,7 @@ async fn handle(
             send.send_trailers(trailers)
         }
         ("echo", None) => echo(request, respond, context).await,
+        ("sink", None) => sink(request, respond, context).await,
         ("_stats", None) => {
             // Lets a benchmark read the backend's own cost without access to its process.
             let cpu = shards::procfs::cpu_seconds("self").unwrap_or(-1.0);
@@ -586,6 +588,27 @@ async fn wait_capacity(send: &mut SendStream<Bytes>) -> Result<usize, h2::Error>
 
 /// Streams the request body back as the response body, and request trailers as response
 /// trailers, moving data only as flow control allows in both directions.
+/// Reads the whole request body before answering, with its length in `x-sink-bytes`: what a
+/// proxy does with an upload is then visible before any response byte.
+async fn sink(
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    context: &Context,
+) -> Result<(), h2::Error> {
+    let mut body = request.into_body();
+    let mut total: u64 = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        total += chunk.len() as u64;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let mut head = response(200, context);
+    head.headers_mut()
+        .insert("x-sink-bytes", HeaderValue::from(total));
+    respond.send_response(head, true)?;
+    Ok(())
+}
+
 async fn echo(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,

@@ -79,7 +79,7 @@ pub fn bind_connected(server: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket)
 }
 
-pub(super) fn random_cid() -> [u8; 16] {
+pub fn random_cid() -> [u8; 16] {
     let mut cid = [0u8; 16];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut cid);
     cid

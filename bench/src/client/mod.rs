@@ -22,8 +22,7 @@ mod message;
 mod stream;
 mod wire;
 
-use connect::random_cid;
-pub use connect::{bind_connected, check_ip_literal, client_config, sni_for};
+pub use connect::{bind_connected, check_ip_literal, client_config, random_cid, sni_for};
 pub use message::{Body, ClientError, Request, Response};
 pub use quiche::h3::WireErrorCode;
 use stream::{fail_all, finish, on_data, on_headers, push_body, Source, Stream};

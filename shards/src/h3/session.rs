@@ -168,6 +168,10 @@ impl H3Session {
 impl Session for H3Session {
     fn open(quic: &mut quiche::Connection) -> Result<Self, String> {
         let mut config = quiche::h3::Config::new().map_err(|e| e.to_string())?;
+        // quiche closes the whole connection (H3_EXCESSIVE_LOAD) for a field section over this,
+        // before Spooky sees it; set well above `limits.max_header_bytes` so that a request
+        // between the two gets its `431` on its own stream.
+        config.set_max_field_section_size(crate::plan::FIELD_SECTION_CEILING);
         // SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 9220 §3): WebSocket over HTTP/3.
         config.enable_extended_connect(true);
         let h3 =

@@ -33,6 +33,8 @@ pub enum ReadError {
     Gone,
     /// The client's trailers are malformed (RFC 9114 §4.1.2).
     Malformed(Malformed),
+    /// The body crossed the request's `max_request_body_bytes`.
+    TooLarge,
 }
 
 impl From<StreamGone> for ReadError {

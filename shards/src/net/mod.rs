@@ -4,5 +4,6 @@
 
 pub mod handoff;
 pub mod reuseport;
+pub mod source_limit;
 pub mod steering;
 pub mod udp;

@@ -1,14 +1,18 @@
-//! The first phases of a request: validate and translate its head, then route it.
+//! The first phases of a request: validate and translate its head, route it, and hold it to
+//! its pool's limits.
 
 use std::rc::Rc;
+use std::time::Instant;
 
+use super::limits::{self, Exceeded, HeadSize};
 use super::Job;
 use crate::http::{translate_request, ClientInfo, Malformed};
 use crate::stats::ShardStats;
 use crate::upstream::Upstreams;
 
 /// Decides what a new request stream gets: a `400` for a malformed head, a `404` without a
-/// route, else a proxied exchange under the configuration current now (`upstreams`).
+/// route, a `431`/`414`/`413`/`429` for a request over its pool's limits, else a proxied
+/// exchange under the configuration current now (`upstreams`).
 pub fn admit<'a>(
     fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     client: ClientInfo,
@@ -16,24 +20,48 @@ pub fn admit<'a>(
     upstreams: &Rc<Upstreams>,
     stats: &ShardStats,
 ) -> Job {
-    let head = match translate_request(fields, client) {
+    let mut size = HeadSize::default();
+    let measured = fields
+        .into_iter()
+        .inspect(|(name, value)| size.count(name, value));
+    let head = match translate_request(measured, client) {
         Ok(head) => head,
         Err(malformed) => return refuse(malformed, client, stats),
     };
     let host = head.uri.authority().map_or("", |a| a.as_str());
-    match upstreams
-        .router
-        .route(host, head.uri.path().as_bytes(), head.method.as_str())
-    {
-        None => Job::NoRoute {
-            grpc: super::grpc::is_grpc(&head.headers),
-        },
-        Some(upstream) => Job::Proxy {
-            head: Box::new(head),
-            upstreams: upstreams.clone(),
-            upstream,
-            has_body,
-        },
+    let grpc = || super::grpc::is_grpc(&head.headers);
+    let Some(index) =
+        upstreams
+            .router
+            .route(host, head.uri.path().as_bytes(), head.method.as_str())
+    else {
+        return Job::NoRoute { grpc: grpc() };
+    };
+    let upstream = upstreams.get(index);
+    size.uri_bytes = head.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    size.content_length = head.content_length;
+    let exceeded = limits::check(&upstream.plan.limits, &size).or_else(|| {
+        let mut rate = upstream.request_rate.borrow_mut();
+        (!rate.is_off() && !rate.allow(client.ip, Instant::now())).then_some(Exceeded::Rate)
+    });
+    if let Some(exceeded) = exceeded {
+        stats.limited.count(exceeded);
+        log::debug!(
+            "request from {} to upstream {}: {}",
+            client.ip,
+            upstream.plan.name,
+            exceeded.reason()
+        );
+        return Job::Limited {
+            reply: exceeded.reply(),
+            grpc: grpc(),
+        };
+    }
+    Job::Proxy {
+        head: Box::new(head),
+        upstreams: upstreams.clone(),
+        upstream: index,
+        has_body,
     }
 }
 

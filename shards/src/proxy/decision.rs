@@ -22,6 +22,9 @@ pub enum Outcome {
     ClientGone,
     /// The stream was reset towards the client (after its response started, or mid-upload).
     Reset,
+    /// The upload crossed `max_request_body_bytes`; the backend exchange was cancelled and the
+    /// request task answers `413` (or resets, if the response had started).
+    BodyTooLarge,
 }
 
 impl Outcome {
@@ -31,6 +34,7 @@ impl Outcome {
             Outcome::Responded(_) => "complete",
             Outcome::ClientGone => "client_gone",
             Outcome::Reset => "reset",
+            Outcome::BodyTooLarge => "body_too_large",
         }
     }
 }
@@ -98,7 +102,7 @@ pub fn outcome_health(outcome: Outcome) -> Option<Failure> {
     match outcome {
         Outcome::Responded(status) if status >= 500 => Some(Failure::ServerError),
         Outcome::Reset => Some(Failure::Reset),
-        Outcome::Responded(_) | Outcome::ClientGone => None,
+        Outcome::Responded(_) | Outcome::ClientGone | Outcome::BodyTooLarge => None,
     }
 }
 

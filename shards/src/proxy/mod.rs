@@ -11,6 +11,7 @@ pub mod admit;
 mod attempt;
 pub mod decision;
 mod grpc;
+pub mod limits;
 mod relay;
 mod tally;
 pub mod tunnel;
@@ -50,6 +51,11 @@ pub enum Job {
         /// A gRPC request, answered in gRPC's terms.
         grpc: bool,
     },
+    /// Over one of its pool's limits (`431`, `414`, `413`, `429`).
+    Limited {
+        reply: LocalReply,
+        grpc: bool,
+    },
     Proxy {
         head: Box<RequestHead>,
         /// The configuration the request started under.
@@ -82,6 +88,7 @@ pub async fn serve<D: Downstream>(context: &ProxyContext, downstream: D, job: Jo
                 reply(&tallied, 400, &message, None, false).await
             }
             Job::NoRoute { grpc } => local(&tallied, decision::NO_ROUTE, grpc).await,
+            Job::Limited { reply, grpc } => local(&tallied, reply, grpc).await,
             Job::Proxy {
                 head,
                 upstreams,
@@ -101,13 +108,18 @@ pub async fn serve<D: Downstream>(context: &ProxyContext, downstream: D, job: Jo
                     }
                 }
                 let grpc = grpc::is_grpc(&head.headers);
+                tallied.max_body.set(upstream.plan.limits.max_body_bytes);
                 let proxied = proxy(&tallied, &head, upstream, has_body, stats, &served_by);
-                match upstream.plan.timeouts.total {
+                let outcome = match upstream.plan.timeouts.total {
                     None => proxied.await,
                     Some(limit) => match rt::within(limit, proxied).await {
                         Some(outcome) => outcome,
                         None => total_timeout(&tallied, grpc).await,
                     },
+                };
+                match outcome {
+                    Outcome::BodyTooLarge => body_too_large(&tallied, grpc, stats).await,
+                    outcome => outcome,
                 }
             }
         }
@@ -127,8 +139,25 @@ pub async fn serve<D: Downstream>(context: &ProxyContext, downstream: D, job: Jo
         Outcome::Responded(_) => {}
         Outcome::ClientGone => stats.client_cancels.incr(),
         Outcome::Reset => stats.streams_reset.incr(),
+        Outcome::BodyTooLarge => {}
     }
     stats.streams_active.sub(1);
+}
+
+/// The upload crossed `max_request_body_bytes` (the backend exchange is already cancelled): a
+/// `413` if nothing was sent yet, else a stream reset. Either way the rest of the body is not
+/// read; HTTP/3 asks the client to stop sending with H3_NO_ERROR (RFC 9114 §4.1).
+async fn body_too_large<D: Downstream>(
+    downstream: &Tallied<'_, D>,
+    grpc: bool,
+    stats: &ShardStats,
+) -> Outcome {
+    stats.limited.count(limits::Exceeded::Body);
+    if downstream.response_started() {
+        downstream.abort(Abort::Cancelled);
+        return Outcome::Reset;
+    }
+    local(downstream, limits::Exceeded::Body.reply(), grpc).await
 }
 
 /// The request outlived `timeouts.total`: a 504 if nothing was sent yet, else a stream reset.
@@ -231,6 +260,8 @@ async fn proxy<D: Downstream>(
                     match outcome {
                         Outcome::Responded(status) => counters.count_status(status),
                         Outcome::Reset | Outcome::ClientGone => counters.failures.incr(),
+                        // The client's fault, not the backend's.
+                        Outcome::BodyTooLarge => {}
                     }
                 }
                 return outcome;

@@ -129,6 +129,10 @@ pub async fn upload<D: Downstream, U: Upload>(
         match read {
             Err(ReadError::Gone) => return Err(Outcome::ClientGone),
             Err(ReadError::Malformed(_)) => return Err(malformed(downstream, upload, stats)),
+            Err(ReadError::TooLarge) => {
+                upload.cancel();
+                return Err(Outcome::BodyTooLarge);
+            }
             Ok(BodyRead::Data(0)) => {}
             Ok(BodyRead::Data(n)) => {
                 body_started.set(true);

@@ -19,6 +19,9 @@ pub struct Tallied<'a, D> {
     pub status: Cell<u16>,
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
+    /// Request body bytes allowed (`max_request_body_bytes`): a read past it fails with
+    /// [`ReadError::TooLarge`].
+    pub max_body: Cell<Option<u64>>,
 }
 
 impl<'a, D: Downstream> Tallied<'a, D> {
@@ -29,6 +32,7 @@ impl<'a, D: Downstream> Tallied<'a, D> {
             status: Cell::new(0),
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
+            max_body: Cell::new(None),
         }
     }
 
@@ -71,7 +75,11 @@ impl<D: Downstream> Downstream for Tallied<'_, D> {
     async fn read_body(&self, buf: &mut [u8]) -> Result<BodyRead, ReadError> {
         let read = self.inner.read_body(buf).await?;
         if let BodyRead::Data(n) = read {
-            self.bytes_in.set(self.bytes_in.get() + n as u64);
+            let total = self.bytes_in.get() + n as u64;
+            self.bytes_in.set(total);
+            if self.max_body.get().is_some_and(|max| total > max) {
+                return Err(ReadError::TooLarge);
+            }
         }
         Ok(read)
     }

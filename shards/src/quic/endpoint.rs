@@ -10,17 +10,26 @@
 //! destination ID (see [`crate::quic::cid`]), so both Initial packets of a split ClientHello find
 //! the same entry, and packets for unknown connections cost a hash lookup and nothing else: no
 //! state is created for anything that is not a well-formed Initial of a supported version.
+//!
+//! New connections pass [`crate::quic::admission`] first: caps on connections and handshakes, a
+//! per-source rate, and address validation with Retry ([`crate::quic::token`]), all decided
+//! before quiche (and TLS) sees the packet. A handshake has its own deadline, shorter than the
+//! idle timeout, after which it is dropped without a reply.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use ahash::AHashMap;
 
+use crate::net::source_limit::SourceLimiter;
 use crate::net::udp::SendBatch;
+use crate::plan::{QuicSettings, RetryMode};
+use crate::quic::admission::Refusal;
 use crate::quic::cid::{as_server_cid, steering_key, CidMinter, ServerCid, SERVER_CID_LEN};
+use crate::quic::token::{TokenCheck, TokenMint, MAX_TOKEN_LEN};
 use crate::stats::ShardStats;
 
 /// Largest datagram we accept or build.
@@ -64,6 +73,10 @@ pub struct Connection<S> {
     armed: Option<Instant>,
     dirty: bool,
     handshake_counted: bool,
+    /// The client came back with a valid Retry token: its address is proven.
+    validated: bool,
+    /// When the connection is dropped if its handshake has not completed.
+    handshake_deadline: Instant,
 }
 
 /// Where a received datagram went.
@@ -80,7 +93,13 @@ pub enum Destination {
 
 pub struct Endpoint<S> {
     config: quiche::Config,
+    settings: QuicSettings,
     minter: CidMinter,
+    tokens: TokenMint,
+    sources: SourceLimiter,
+    /// Connections still in their handshake, and those of them with an unvalidated address.
+    handshaking: usize,
+    unvalidated: usize,
     table: AHashMap<ServerCid, Connection<S>>,
     /// Spare connection IDs, each to the ID the connection is keyed by.
     aliases: AHashMap<ServerCid, ServerCid>,
@@ -103,17 +122,31 @@ pub struct Endpoint<S> {
 }
 
 impl<S: Session> Endpoint<S> {
+    /// `secret` is the process's: every shard must derive the same connection IDs and accept the
+    /// same Retry tokens.
     pub fn new(
         config: quiche::Config,
-        minter: CidMinter,
+        secret: &[u8; 32],
+        steering_key: u16,
         local_addr: SocketAddr,
-        max_packet: usize,
+        settings: &QuicSettings,
         stats: Arc<ShardStats>,
     ) -> Self {
+        let now = Instant::now();
         Endpoint {
             config,
-            own_key: minter.steering_key(),
-            minter,
+            own_key: steering_key,
+            minter: CidMinter::new(secret, steering_key),
+            tokens: TokenMint::new(secret, unix_now()),
+            sources: SourceLimiter::new(
+                settings.new_connection_rate,
+                settings.new_connection_burst,
+                now,
+            ),
+            handshaking: 0,
+            unvalidated: 0,
+            max_packet: settings.max_udp_payload,
+            settings: settings.clone(),
             table: AHashMap::new(),
             aliases: AHashMap::new(),
             timers: BinaryHeap::new(),
@@ -121,7 +154,6 @@ impl<S: Session> Endpoint<S> {
             dirty: Vec::new(),
             local_addr,
             next_serial: 0,
-            max_packet,
             stateless: vec![0; 2048].into_boxed_slice(),
             stateless_reply: None,
             accepting: true,
@@ -133,10 +165,24 @@ impl<S: Session> Endpoint<S> {
         self.local_addr
     }
 
-    /// Replaces the QUIC configuration (certificate, transport settings) for new connections.
-    pub fn reconfigure(&mut self, config: quiche::Config, max_packet: usize) {
+    /// Replaces the QUIC configuration (certificate, transport settings, admission limits) for
+    /// new connections.
+    pub fn reconfigure(&mut self, config: quiche::Config, settings: &QuicSettings) {
         self.config = config;
-        self.max_packet = max_packet;
+        self.max_packet = settings.max_udp_payload;
+        if (settings.new_connection_rate, settings.new_connection_burst)
+            != (
+                self.settings.new_connection_rate,
+                self.settings.new_connection_burst,
+            )
+        {
+            self.sources = SourceLimiter::new(
+                settings.new_connection_rate,
+                settings.new_connection_burst,
+                Instant::now(),
+            );
+        }
+        self.settings = settings.clone();
     }
 
     pub fn get_mut(&mut self, cid: ServerCid) -> Option<&mut Connection<S>> {
@@ -156,13 +202,18 @@ impl<S: Session> Endpoint<S> {
             self.stats.datagrams_received.incr();
             self.stats.bytes_received.add(datagram.len() as u64);
         }
-        let cid = match self.classify(datagram, from, handed_off) {
-            Ok(cid) => cid,
+        let (cid, created) = match self.classify(datagram, from, handed_off) {
+            Ok(found) => found,
             Err(destination) => return destination,
         };
         let Some(conn) = self.table.get_mut(&cid) else {
             return Destination::Dropped;
         };
+        if !conn.handshake_counted && !conn.validated {
+            self.stats
+                .unvalidated_bytes_received
+                .add(datagram.len() as u64);
+        }
         let info = quiche::RecvInfo {
             from,
             to: self.local_addr,
@@ -171,9 +222,25 @@ impl<S: Session> Endpoint<S> {
             // quiche has already acted on the error (e.g. closed the connection); we only record it.
             log::debug!("quic recv from {from}: {e}");
         }
+        if created && conn.quic.stats().recv == 0 {
+            // The Initial that opened the connection did not decrypt: noise shaped like an
+            // Initial. Forget it now rather than hold its TLS state until the handshake deadline.
+            self.stats.datagrams_dropped_malformed.incr();
+            self.forget(cid);
+            return Destination::Dropped;
+        }
+        if created {
+            self.stats.connections_accepted.incr();
+        }
         if !conn.handshake_counted && conn.quic.is_established() {
             conn.handshake_counted = true;
             self.stats.handshakes_completed.incr();
+            self.handshaking -= 1;
+            if !conn.validated {
+                self.unvalidated -= 1;
+            }
+            self.stats.handshakes_active.set(self.handshaking as u64);
+            self.stats.unvalidated_active.set(self.unvalidated as u64);
         }
         if conn.handshake_counted {
             self.manage_spare_ids(cid);
@@ -212,7 +279,7 @@ impl<S: Session> Endpoint<S> {
         datagram: &mut [u8],
         from: SocketAddr,
         handed_off: bool,
-    ) -> Result<ServerCid, Destination> {
+    ) -> Result<(ServerCid, bool), Destination> {
         let len = datagram.len();
         let header = match quiche::Header::from_slice(datagram, SERVER_CID_LEN) {
             Ok(h) => h,
@@ -224,38 +291,114 @@ impl<S: Session> Endpoint<S> {
         if let Some(cid) = as_server_cid(&header.dcid) {
             let cid = self.aliases.get(&cid).copied().unwrap_or(cid);
             if self.table.contains_key(&cid) {
-                return Ok(cid);
+                return Ok((cid, false));
             }
-            // Only packets that must carry one of our IDs name their owner: an Initial or 0-RTT
+            // Short-header and Handshake packets must carry one of our IDs, and so must an
+            // Initial that answers a Retry (its token proves it). Any other Initial or 0-RTT
             // packet may carry the client's own random ID, whose first bytes mean nothing.
+            let answers_retry = header.ty == quiche::Type::Initial
+                && header.token.as_ref().is_some_and(|t| !t.is_empty());
             let carries_our_id = matches!(header.ty, quiche::Type::Short | quiche::Type::Handshake);
-            let key = steering_key(&cid);
-            if carries_our_id && key != self.own_key && !handed_off {
-                return Err(Destination::Elsewhere(key));
+            if carries_our_id && !self.minter.is_ours(&cid) {
+                self.stats.datagrams_dropped_foreign_id.incr();
+                return Err(Destination::Dropped);
+            }
+            if carries_our_id || (answers_retry && self.minter.is_ours(&cid)) {
+                let key = steering_key(&cid);
+                if key != self.own_key && !handed_off {
+                    return Err(Destination::Elsewhere(key));
+                }
             }
         }
         if header.ty != quiche::Type::Initial {
-            // Short-header and other packets for connections we do not have: nothing to do.
+            // Packets of connections that closed, or 0-RTT for one we never saw.
             self.stats.datagrams_dropped_unknown.incr();
             return Err(Destination::Dropped);
         }
         if !quiche::version_is_supported(header.version) {
+            // RFC 9000 §6.1: no Version Negotiation in answer to a datagram under 1,200 bytes,
+            // so that it cannot amplify a spoofed sender's traffic.
+            if len < MIN_INITIAL_LEN {
+                return Err(self.refuse(Refusal::TooSmall));
+            }
             return Err(self.negotiate_version(&header, from));
         }
-        let cid = self.minter.derive(&header.dcid);
-        if self.table.contains_key(&cid) {
+        let derived = self.minter.derive(&header.dcid);
+        if self.table.contains_key(&derived) {
             // A later Initial of a handshake we already started (split ClientHello).
-            return Ok(cid);
+            return Ok((derived, false));
         }
-        if len < MIN_INITIAL_LEN || !self.accepting {
-            self.stats.datagrams_dropped_unknown.incr();
-            return Err(Destination::Dropped);
+        self.admit(&header, len, from).map(|cid| (cid, true))
+    }
+
+    /// Decides whether an Initial for no known connection starts one, cheapest check first, and
+    /// creates it if so. Nothing before `quiche::accept` touches TLS.
+    fn admit(
+        &mut self,
+        header: &quiche::Header<'_>,
+        len: usize,
+        from: SocketAddr,
+    ) -> Result<ServerCid, Destination> {
+        if len < MIN_INITIAL_LEN {
+            return Err(self.refuse(Refusal::TooSmall));
+        }
+        if !self.accepting {
+            return Err(self.refuse(Refusal::Draining));
+        }
+        if self.table.len() >= self.settings.max_connections {
+            return Err(self.refuse(Refusal::ConnectionLimit));
+        }
+        let now_unix = unix_now();
+        let token = header.token.as_deref().unwrap_or_default();
+        let (cid, original_dcid) = match self.tokens.check(token, from.ip(), now_unix) {
+            TokenCheck::Valid { original_dcid } => {
+                // The Initial must use the ID our Retry gave (whichever shard sent it): the
+                // token binds the client's first ID, and that ID determines ours.
+                let retry_cid = as_server_cid(&header.dcid)
+                    .filter(|cid| *cid == self.minter.derive_as(steering_key(cid), original_dcid));
+                let Some(cid) = retry_cid else {
+                    return Err(self.refuse(Refusal::InvalidToken));
+                };
+                (cid, Some(original_dcid.to_vec()))
+            }
+            TokenCheck::Invalid(e) => {
+                log::debug!("Retry token from {from} refused: {e}");
+                return Err(self.refuse(Refusal::InvalidToken));
+            }
+            TokenCheck::Absent => {
+                if self.must_retry() {
+                    self.stats.unvalidated_bytes_received.add(len as u64);
+                    return Err(self.retry(header, from, now_unix));
+                }
+                (self.minter.derive(&header.dcid), None)
+            }
+        };
+        if self.handshaking >= self.settings.max_handshakes {
+            return Err(self.refuse(Refusal::HandshakeLimit));
+        }
+        // After the token check on purpose: with Retry on, a spoofer cannot spend the bucket of
+        // the address it pretends to be.
+        let now = Instant::now();
+        if !self.sources.allow(from.ip(), now) {
+            return Err(self.refuse(Refusal::SourceRate));
         }
         let scid = quiche::ConnectionId::from_ref(&cid);
-        match quiche::accept(&scid, None, self.local_addr, from, &mut self.config) {
+        let odcid = original_dcid.map(quiche::ConnectionId::from_vec);
+        match quiche::accept(
+            &scid,
+            odcid.as_ref(),
+            self.local_addr,
+            from,
+            &mut self.config,
+        ) {
             Ok(quic) => {
-                self.stats.connections_accepted.incr();
+                let validated = odcid.is_some();
                 self.stats.connections_active.incr();
+                self.handshaking += 1;
+                if !validated {
+                    self.unvalidated += 1;
+                }
+                self.publish_handshake_gauges();
                 self.next_serial += 1;
                 self.table.insert(
                     cid,
@@ -269,6 +412,8 @@ impl<S: Session> Endpoint<S> {
                         armed: None,
                         dirty: false,
                         handshake_counted: false,
+                        validated,
+                        handshake_deadline: now + self.settings.handshake_timeout,
                     },
                 );
                 Ok(cid)
@@ -279,6 +424,58 @@ impl<S: Session> Endpoint<S> {
                 Err(Destination::Dropped)
             }
         }
+    }
+
+    /// Whether a client without a token must prove its address first.
+    fn must_retry(&self) -> bool {
+        match self.settings.retry {
+            RetryMode::Always => true,
+            RetryMode::Auto => self.unvalidated >= self.settings.retry_above,
+            RetryMode::Off => false,
+        }
+    }
+
+    /// Answers an Initial with a Retry carrying a token (RFC 9000 §17.2.5): no state is kept.
+    fn retry(&mut self, header: &quiche::Header<'_>, to: SocketAddr, now_unix: u64) -> Destination {
+        let mut token = [0u8; MAX_TOKEN_LEN];
+        let Some(token_len) = self
+            .tokens
+            .mint(to.ip(), &header.dcid, now_unix, &mut token)
+        else {
+            self.stats.datagrams_dropped_malformed.incr();
+            return Destination::Dropped;
+        };
+        let new_scid = self.minter.derive(&header.dcid);
+        match quiche::retry(
+            &header.scid,
+            &header.dcid,
+            &quiche::ConnectionId::from_ref(&new_scid),
+            &token[..token_len],
+            header.version,
+            &mut self.stateless,
+        ) {
+            Ok(n) => {
+                self.stats.retries_sent.incr();
+                self.stats.unvalidated_bytes_sent.add(n as u64);
+                self.stateless_reply = Some((n, to));
+                Destination::Stateless
+            }
+            Err(e) => {
+                log::debug!("Retry to {to} failed: {e}");
+                self.stats.datagrams_dropped_malformed.incr();
+                Destination::Dropped
+            }
+        }
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Destination {
+        self.stats.refusals.counter(refusal).incr();
+        Destination::Dropped
+    }
+
+    fn publish_handshake_gauges(&self) {
+        self.stats.handshakes_active.set(self.handshaking as u64);
+        self.stats.unvalidated_active.set(self.unvalidated as u64);
     }
 
     /// Forgets the spare IDs the client retired and offers new ones up to its limit, so a
@@ -358,7 +555,12 @@ impl<S: Session> Endpoint<S> {
                 }
                 let space = &mut batch.space()[..self.max_packet];
                 match conn.quic.send(space) {
-                    Ok((n, info)) => batch.push(n, info.to),
+                    Ok((n, info)) => {
+                        if !conn.handshake_counted && !conn.validated {
+                            self.stats.unvalidated_bytes_sent.add(n as u64);
+                        }
+                        batch.push(n, info.to)
+                    }
                     Err(quiche::Error::Done) => break,
                     Err(e) => {
                         log::debug!("quic send: {e}");
@@ -386,7 +588,13 @@ impl<S: Session> Endpoint<S> {
         let Some(conn) = self.table.get_mut(&cid) else {
             return;
         };
-        let Some(deadline) = conn.quic.timeout_instant() else {
+        let quic_deadline = conn.quic.timeout_instant();
+        let deadline = if conn.handshake_counted {
+            quic_deadline
+        } else {
+            Some(quic_deadline.map_or(conn.handshake_deadline, |d| d.min(conn.handshake_deadline)))
+        };
+        let Some(deadline) = deadline else {
             return;
         };
         // Only an earlier deadline needs a new heap entry: a later one is found when the armed
@@ -427,18 +635,33 @@ impl<S: Session> Endpoint<S> {
                 continue;
             }
             conn.armed = None;
-            match conn.quic.timeout_instant() {
-                Some(actual) if actual <= now => {
-                    conn.quic.on_timeout();
-                    self.mark_dirty(cid);
-                }
-                Some(_) => self.arm(cid),
-                None => {}
+            if !conn.handshake_counted && conn.handshake_deadline <= now {
+                // Dropped without CONNECTION_CLOSE: the peer may not even own its address.
+                log::debug!("handshake with {} timed out", conn.peer);
+                self.stats.handshake_timeouts.incr();
+                self.remove(cid);
+                continue;
+            }
+            if conn.quic.timeout_instant().is_some_and(|t| t <= now) {
+                conn.quic.on_timeout();
+                self.mark_dirty(cid);
+            } else {
+                self.arm(cid);
             }
         }
     }
 
     fn remove(&mut self, cid: ServerCid) {
+        self.remove_counted(cid, true);
+    }
+
+    /// Removes a connection that never got anywhere: it was not counted as accepted, so its end
+    /// is not counted as a failed handshake.
+    fn forget(&mut self, cid: ServerCid) {
+        self.remove_counted(cid, false);
+    }
+
+    fn remove_counted(&mut self, cid: ServerCid, counted: bool) {
         let Some(mut conn) = self.table.remove(&cid) else {
             return;
         };
@@ -447,7 +670,14 @@ impl<S: Session> Endpoint<S> {
         }
         self.stats.connections_active.sub(1);
         if !conn.handshake_counted {
-            self.stats.handshake_failures.incr();
+            if counted {
+                self.stats.handshake_failures.incr();
+            }
+            self.handshaking -= 1;
+            if !conn.validated {
+                self.unvalidated -= 1;
+            }
+            self.publish_handshake_gauges();
         }
         log::debug!(
             "connection from {} closed (peer error {:?}, local error {:?}, timed out {})",
@@ -511,6 +741,14 @@ impl<S: Session> Endpoint<S> {
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
+}
+
+/// Seconds since the Unix epoch: Retry tokens carry wall-clock expiry, since every shard (and a
+/// restarted process with the same secret) must read them alike.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::plan::{ProxyPlan, QuicSettings};
+use crate::plan::{ProxyPlan, QuicSettings, RetryMode};
 use crate::quic::config::quic_config;
 use crate::tls::TlsIdentity;
 
@@ -65,13 +65,17 @@ fn certificate() -> TlsIdentity {
 }
 
 fn endpoint(idle_timeout: Duration) -> (Endpoint<Recorder>, Arc<ShardStats>) {
+    endpoint_with(QuicSettings {
+        idle_timeout,
+        ..QuicSettings::default()
+    })
+}
+
+fn endpoint_with(settings: QuicSettings) -> (Endpoint<Recorder>, Arc<ShardStats>) {
     let plan = ProxyPlan {
         tls: certificate(),
         sni: Default::default(),
-        quic: QuicSettings {
-            idle_timeout,
-            ..QuicSettings::default()
-        },
+        quic: settings,
         upstreams: Vec::new(),
         access_log: false,
         alt_svc_max_age: None,
@@ -80,15 +84,20 @@ fn endpoint(idle_timeout: Duration) -> (Endpoint<Recorder>, Arc<ShardStats>) {
     let stats = Arc::new(ShardStats::new());
     let endpoint = Endpoint::new(
         quic_config(&plan).unwrap(),
-        CidMinter::new(&SECRET, OWN_KEY),
+        &SECRET,
+        OWN_KEY,
         server_addr(),
-        1350,
+        &plan.quic,
         stats.clone(),
     );
     (endpoint, stats)
 }
 
 fn client() -> quiche::Connection {
+    client_with_scid([0x5a; 16])
+}
+
+fn client_with_scid(scid: [u8; 16]) -> quiche::Connection {
     let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
     config.verify_peer(false);
     config
@@ -100,7 +109,6 @@ fn client() -> quiche::Connection {
     config.set_initial_max_stream_data_bidi_remote(1 << 20);
     config.set_initial_max_streams_bidi(10);
     config.set_active_connection_id_limit(8);
-    let scid = [0x5a; 16];
     quiche::connect(
         Some("localhost"),
         &quiche::ConnectionId::from_ref(&scid),
@@ -136,14 +144,27 @@ fn server_datagrams(endpoint: &mut Endpoint<Recorder>) -> Vec<(Vec<u8>, SocketAd
 
 /// Moves datagrams both ways until neither side has anything to send.
 fn exchange(endpoint: &mut Endpoint<Recorder>, client: &mut quiche::Connection) {
+    exchange_from(endpoint, client, client_addr());
+}
+
+/// [`exchange`] for a client at `from`; stateless replies (Retry) reach the client too.
+fn exchange_from(
+    endpoint: &mut Endpoint<Recorder>,
+    client: &mut quiche::Connection,
+    from: SocketAddr,
+) {
     for _ in 0..20 {
         let up = client_datagrams(client);
+        let mut down = Vec::new();
         for mut datagram in up.clone() {
-            endpoint.recv(&mut datagram, client_addr(), false);
+            if endpoint.recv(&mut datagram, from, false) == Destination::Stateless {
+                let (reply, to) = endpoint.stateless_reply().expect("a stateless reply");
+                down.push((reply.to_vec(), to));
+            }
         }
-        let down = server_datagrams(endpoint);
+        down.extend(server_datagrams(endpoint));
         for (mut datagram, to) in down.clone() {
-            assert_eq!(to, client_addr());
+            assert_eq!(to, from);
             let info = quiche::RecvInfo {
                 from: server_addr(),
                 to,
@@ -206,17 +227,29 @@ fn spare_ids_are_offered_and_reach_the_same_connection() {
 #[test]
 fn unknown_connections_are_dropped_or_sent_to_their_shard_without_state() {
     let (mut endpoint, stats) = endpoint(Duration::from_secs(30));
-    let mut ours = [0x11; 16];
-    ours[..2].copy_from_slice(&OWN_KEY.to_be_bytes());
-    let mut packet = short_packet(&ours);
+    // An ID of ours whose connection is gone.
+    let closed = CidMinter::new(&SECRET, OWN_KEY).derive(b"long gone");
+    let mut packet = short_packet(&closed);
     assert_eq!(
         endpoint.recv(&mut packet, client_addr(), false),
         Destination::Dropped
     );
     assert_eq!(stats.datagrams_dropped_unknown.get(), 1);
 
-    let mut theirs = [0x22; 16];
-    theirs[..2].copy_from_slice(&9u16.to_be_bytes());
+    // Random IDs, whichever shard their first bytes name, are noise: not handed anywhere.
+    for key in [OWN_KEY, 9] {
+        let mut random = [0x11; 16];
+        random[..2].copy_from_slice(&key.to_be_bytes());
+        let mut packet = short_packet(&random);
+        assert_eq!(
+            endpoint.recv(&mut packet, client_addr(), false),
+            Destination::Dropped
+        );
+    }
+    assert_eq!(stats.datagrams_dropped_foreign_id.get(), 2);
+    assert_eq!(stats.datagrams_dropped_unknown.get(), 1);
+
+    let theirs = CidMinter::new(&SECRET, 9).derive(b"another shard's");
     let mut packet = short_packet(&theirs);
     assert_eq!(
         endpoint.recv(&mut packet, client_addr(), false),
@@ -349,4 +382,282 @@ fn draining_refuses_new_connections_and_closes_idle_ones() {
         Destination::Dropped
     );
     assert_eq!(endpoint.len(), before);
+}
+
+fn retry_settings(retry: RetryMode) -> QuicSettings {
+    QuicSettings {
+        retry,
+        ..QuicSettings::default()
+    }
+}
+
+/// The client's first Initial after it processed our Retry: it carries the token.
+fn initial_after_retry(
+    endpoint: &mut Endpoint<Recorder>,
+    client: &mut quiche::Connection,
+) -> Vec<u8> {
+    let mut first = client_datagrams(client).remove(0);
+    assert_eq!(
+        endpoint.recv(&mut first, client_addr(), false),
+        Destination::Stateless
+    );
+    let (retry, to) = endpoint.stateless_reply().unwrap();
+    let mut retry = retry.to_vec();
+    let info = quiche::RecvInfo {
+        from: server_addr(),
+        to,
+    };
+    client
+        .recv(&mut retry, info)
+        .expect("the client takes the Retry");
+    client_datagrams(client).remove(0)
+}
+
+#[test]
+fn retry_always_validates_the_address_before_any_handshake_state() {
+    let (mut endpoint, stats) = endpoint_with(retry_settings(RetryMode::Always));
+    let mut client = client();
+    let mut first = client_datagrams(&mut client).remove(0);
+    assert_eq!(
+        endpoint.recv(&mut first, client_addr(), false),
+        Destination::Stateless
+    );
+    assert!(endpoint.is_empty(), "a Retry keeps no state");
+    let (retry, _) = endpoint.stateless_reply().unwrap();
+    let mut retry = retry.to_vec();
+    let header = quiche::Header::from_slice(&mut retry, 16).unwrap();
+    assert_eq!(header.ty, quiche::Type::Retry);
+    let new_id: ServerCid = header.scid.as_ref().try_into().unwrap();
+    assert_eq!(
+        steering_key(&new_id),
+        OWN_KEY,
+        "the Retry's ID names this shard"
+    );
+
+    let info = quiche::RecvInfo {
+        from: server_addr(),
+        to: client_addr(),
+    };
+    client.recv(&mut retry, info).unwrap();
+    exchange(&mut endpoint, &mut client);
+    assert!(
+        client.is_established(),
+        "the handshake completes after the Retry"
+    );
+    assert_eq!(stats.retries_sent.get(), 1);
+    assert_eq!(stats.handshakes_completed.get(), 1);
+    assert_eq!(stats.handshakes_active.get(), 0);
+    assert_eq!(stats.unvalidated_active.get(), 0);
+    let cid: ServerCid = client.destination_id().as_ref().try_into().unwrap();
+    assert_eq!(cid, new_id, "the connection keeps the ID the Retry gave");
+    // Only the first Initial and the Retry were exchanged unvalidated.
+    assert_eq!(stats.unvalidated_bytes_received.get(), first.len() as u64);
+    assert!(stats.unvalidated_bytes_sent.get() < 200);
+}
+
+#[test]
+fn tokens_forged_or_from_another_address_are_refused() {
+    let (mut endpoint, stats) = endpoint_with(retry_settings(RetryMode::Always));
+    let mut client = client();
+    let initial = initial_after_retry(&mut endpoint, &mut client);
+    // The token follows the first byte, version, both IDs and the token length (one byte
+    // varint for tokens under 64 bytes): flip a byte inside it.
+    let token_start = 1 + 4 + 1 + 16 + 1 + 16 + 1;
+    let mut forged = initial.clone();
+    forged[token_start + 12] ^= 0x01;
+    assert_eq!(
+        endpoint.recv(&mut forged, client_addr(), false),
+        Destination::Dropped
+    );
+    let mut elsewhere = initial.clone();
+    assert_eq!(
+        endpoint.recv(&mut elsewhere, "203.0.113.50:50000".parse().unwrap(), false),
+        Destination::Dropped
+    );
+    assert_eq!(stats.refusals.invalid_token.get(), 2);
+    assert!(endpoint.is_empty());
+    // The genuine one, from the right address, is taken.
+    let mut genuine = initial;
+    assert!(matches!(
+        endpoint.recv(&mut genuine, client_addr(), false),
+        Destination::Connection(_)
+    ));
+    assert_eq!(
+        stats.unvalidated_active.get(),
+        0,
+        "its address is validated"
+    );
+    assert_eq!(stats.handshakes_active.get(), 1);
+}
+
+#[test]
+fn retry_auto_starts_once_unvalidated_connections_pass_the_mark() {
+    let (mut endpoint, stats) = endpoint_with(QuicSettings {
+        retry: RetryMode::Auto,
+        retry_above: 2,
+        ..QuicSettings::default()
+    });
+    for i in 0..2u8 {
+        let mut client = client_with_scid([i; 16]);
+        let mut initial = client_datagrams(&mut client).remove(0);
+        assert!(matches!(
+            endpoint.recv(&mut initial, client_addr(), false),
+            Destination::Connection(_)
+        ));
+    }
+    assert_eq!(stats.unvalidated_active.get(), 2);
+    let mut third = client_with_scid([9; 16]);
+    // A post-quantum key share makes the ClientHello span two Initials: each gets the same Retry.
+    let flight = client_datagrams(&mut third);
+    for mut datagram in flight.clone() {
+        assert_eq!(
+            endpoint.recv(&mut datagram, client_addr(), false),
+            Destination::Stateless
+        );
+    }
+    assert_eq!(stats.retries_sent.get(), flight.len() as u64);
+    let (retry, to) = endpoint.stateless_reply().unwrap();
+    let mut retry = retry.to_vec();
+    let info = quiche::RecvInfo {
+        from: server_addr(),
+        to,
+    };
+    third.recv(&mut retry, info).unwrap();
+    exchange(&mut endpoint, &mut third);
+    assert!(
+        third.is_established(),
+        "the third completes through a Retry"
+    );
+    assert_eq!(stats.retries_sent.get(), flight.len() as u64);
+    // Unvalidated peers got at most three times what they sent (RFC 9000 §8.1).
+    assert!(stats.unvalidated_bytes_sent.get() <= 3 * stats.unvalidated_bytes_received.get());
+}
+
+#[test]
+fn retry_off_never_retries() {
+    let (mut endpoint, stats) = endpoint_with(QuicSettings {
+        retry: RetryMode::Off,
+        retry_above: 0,
+        ..QuicSettings::default()
+    });
+    let mut client = client();
+    exchange(&mut endpoint, &mut client);
+    assert!(client.is_established());
+    assert_eq!(stats.retries_sent.get(), 0);
+}
+
+#[test]
+fn a_handshake_that_never_finishes_is_dropped_at_its_own_deadline() {
+    let (mut endpoint, stats) = endpoint_with(QuicSettings {
+        handshake_timeout: Duration::from_secs(2),
+        ..QuicSettings::default()
+    });
+    let mut client = client();
+    let mut initial = client_datagrams(&mut client).remove(0);
+    let accepted = Instant::now();
+    endpoint.recv(&mut initial, client_addr(), false);
+    server_datagrams(&mut endpoint);
+    assert_eq!(stats.handshakes_active.get(), 1);
+    // quiche's own timers (loss detection) come first; the handshake deadline ends it.
+    let mut turns = 0;
+    while !endpoint.is_empty() {
+        turns += 1;
+        assert!(turns < 100, "the handshake never timed out");
+        let next = endpoint.next_timeout().expect("an armed timer");
+        assert!(
+            next <= accepted + Duration::from_secs(3),
+            "armed past the deadline"
+        );
+        endpoint.on_timeout(next);
+        server_datagrams(&mut endpoint);
+    }
+    assert_eq!(stats.handshake_timeouts.get(), 1);
+    assert_eq!(stats.handshakes_active.get(), 0);
+    assert_eq!(stats.unvalidated_active.get(), 0);
+    assert_eq!(stats.connections_active.get(), 0);
+}
+
+#[test]
+fn connection_handshake_and_source_limits_refuse_cheaply() {
+    let initial_from = |endpoint: &mut Endpoint<Recorder>, seed: u8, from: &str| {
+        let mut client = client_with_scid([seed; 16]);
+        let mut initial = client_datagrams(&mut client).remove(0);
+        endpoint.recv(&mut initial, from.parse().unwrap(), false)
+    };
+    let (mut endpoint, stats) = endpoint_with(QuicSettings {
+        max_connections: 1,
+        ..QuicSettings::default()
+    });
+    assert!(matches!(
+        initial_from(&mut endpoint, 1, "198.51.100.1:1"),
+        Destination::Connection(_)
+    ));
+    assert_eq!(
+        initial_from(&mut endpoint, 2, "198.51.100.2:1"),
+        Destination::Dropped
+    );
+    assert_eq!(stats.refusals.connection_limit.get(), 1);
+
+    let (mut endpoint, stats) = endpoint_with(QuicSettings {
+        max_handshakes: 1,
+        ..QuicSettings::default()
+    });
+    assert!(matches!(
+        initial_from(&mut endpoint, 1, "198.51.100.1:1"),
+        Destination::Connection(_)
+    ));
+    assert_eq!(
+        initial_from(&mut endpoint, 2, "198.51.100.2:1"),
+        Destination::Dropped
+    );
+    assert_eq!(stats.refusals.handshake_limit.get(), 1);
+
+    let (mut endpoint, stats) = endpoint_with(QuicSettings {
+        new_connection_rate: 1,
+        new_connection_burst: 2,
+        ..QuicSettings::default()
+    });
+    assert!(matches!(
+        initial_from(&mut endpoint, 1, "198.51.100.1:1"),
+        Destination::Connection(_)
+    ));
+    assert!(matches!(
+        initial_from(&mut endpoint, 2, "198.51.100.1:2"),
+        Destination::Connection(_)
+    ));
+    assert_eq!(
+        initial_from(&mut endpoint, 3, "198.51.100.1:3"),
+        Destination::Dropped
+    );
+    assert_eq!(stats.refusals.source_rate.get(), 1);
+    assert!(
+        matches!(
+            initial_from(&mut endpoint, 4, "198.51.100.9:1"),
+            Destination::Connection(_)
+        ),
+        "another source has its own bucket"
+    );
+    assert_eq!(stats.connections_accepted.get(), 3);
+}
+
+#[test]
+fn an_initial_that_does_not_decrypt_leaves_no_connection() {
+    let (mut endpoint, stats) = endpoint(Duration::from_secs(30));
+    let mut client = client();
+    let mut initial = client_datagrams(&mut client).remove(0);
+    // Keep the header (first byte, version, IDs, token and length fields); spoil the payload.
+    let last = initial.len() - 1;
+    for byte in &mut initial[100..last] {
+        *byte ^= 0x5c;
+    }
+    assert_eq!(
+        endpoint.recv(&mut initial, client_addr(), false),
+        Destination::Dropped
+    );
+    assert!(endpoint.is_empty());
+    assert_eq!(stats.datagrams_dropped_malformed.get(), 1);
+    assert_eq!(stats.connections_accepted.get(), 0);
+    assert_eq!(stats.handshake_failures.get(), 0);
+    assert_eq!(stats.handshakes_active.get(), 0);
+    assert_eq!(stats.connections_active.get(), 0);
 }

@@ -1,11 +1,15 @@
 //! QUIC termination: connection IDs that name their shard ([`cid`]), the shared configuration
-//! ([`config`]) and the sans-IO endpoint that owns the shard's connections ([`endpoint`]).
+//! ([`config`]), the sans-IO endpoint that owns the shard's connections ([`endpoint`]), and what
+//! guards it from strangers: admission of new connections ([`admission`]) and Retry tokens
+//! ([`token`]).
 //!
 //! Depends only on [`crate::net`] (for the send batch); the application on top (HTTP/3) plugs in
 //! through [`endpoint::Session`].
 
+pub mod admission;
 pub mod cid;
 pub mod config;
 pub mod endpoint;
+pub mod token;
 
 pub use endpoint::{Destination, Endpoint, Session};

@@ -92,7 +92,7 @@ impl Shard {
                 .conns
                 .endpoint
                 .borrow_mut()
-                .reconfigure(config, plan.quic.max_udp_payload),
+                .reconfigure(config, &plan.quic),
             Err(e) => {
                 // The coordinator validated the files a moment ago; keep serving with the old
                 // certificate rather than fail new handshakes.

@@ -27,7 +27,7 @@ use crate::net::handoff::Inboxes;
 use crate::net::udp::{self, SendBatch};
 use crate::plan::ProxyPlan;
 use crate::proxy::ProxyContext;
-use crate::quic::cid::{CidMinter, ServerCid};
+use crate::quic::cid::ServerCid;
 use crate::quic::config::{quic_config, ConfigError};
 use crate::quic::endpoint::MAX_DATAGRAM;
 use crate::quic::Endpoint;
@@ -151,9 +151,10 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
     let steering_key = cpu as u16;
     let endpoint = Endpoint::new(
         config,
-        CidMinter::new(&cid_secret, steering_key),
+        &cid_secret,
+        steering_key,
         sync_socket.local_addr()?,
-        plan.quic.max_udp_payload,
+        &plan.quic,
         stats.clone(),
     );
     let shard = Rc::new(Shard {

@@ -73,9 +73,11 @@ pub async fn inbox_loop(shard: Rc<Shard>, inbox: rt::UdpSocket) {
             continue;
         };
         let destination = shard.conns.endpoint.borrow_mut().recv(packet, client, true);
+        // The endpoint counted a drop under its reason; a hand-off is never passed on again.
         match destination {
             Destination::Connection(cid) => shard.drive(cid),
-            _ => shard.stats.datagrams_dropped_foreign.incr(),
+            Destination::Stateless => shard.send_stateless_reply(),
+            Destination::Elsewhere(_) | Destination::Dropped => {}
         }
         shard.flush();
     }
@@ -125,20 +127,31 @@ impl Shard {
         match destination {
             Destination::Connection(cid) => self.drive(cid),
             Destination::Elsewhere(key) => self.hand_off(key, datagram, from),
-            Destination::Stateless => {
-                let mut endpoint = self.conns.endpoint.borrow_mut();
-                if let Some((packet, to)) = endpoint.stateless_reply() {
-                    let _ = self.socket.send_to(packet, to);
-                }
-            }
+            Destination::Stateless => self.send_stateless_reply(),
             Destination::Dropped => {}
+        }
+    }
+
+    /// Sends the endpoint's Version Negotiation or Retry packet.
+    fn send_stateless_reply(&self) {
+        let mut endpoint = self.conns.endpoint.borrow_mut();
+        if let Some((packet, to)) = endpoint.stateless_reply() {
+            match self.socket.send_to(packet, to) {
+                Ok(n) => {
+                    self.stats.datagrams_sent.incr();
+                    self.stats.bytes_sent.add(n as u64);
+                }
+                Err(_) => self.stats.datagrams_send_failed.incr(),
+            }
         }
     }
 
     /// Passes a packet to the shard of this process that owns its connection, if there is one.
     fn hand_off(&self, key: u16, datagram: &[u8], from: SocketAddr) {
         let Some(owner) = self.inboxes.owner(key) else {
-            self.stats.datagrams_dropped_foreign.incr();
+            // An ID of this process naming a shard it no longer runs (the cores changed on a
+            // restart with the same secret is the only way): nobody can take it.
+            self.stats.datagrams_dropped_handoff.incr();
             return;
         };
         let mut buf = self.handoff_buf.borrow_mut();
@@ -149,7 +162,7 @@ impl Shard {
             Ok(_) => self.stats.datagrams_handed_off.incr(),
             Err(e) => {
                 log::debug!("hand-off to shard with key {key} failed: {e}");
-                self.stats.datagrams_dropped_foreign.incr();
+                self.stats.datagrams_dropped_handoff.incr();
             }
         }
     }

@@ -15,9 +15,11 @@ pub mod router;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::balance::Balancer;
 use crate::control::HealthSnapshot;
+use crate::net::source_limit::SourceLimiter;
 use crate::plan::{BackendPlan, BackendProtocol, ProxyPlan, UpstreamPlan};
 use crate::stats::ShardStats;
 use dial::Dialer;
@@ -30,6 +32,9 @@ pub struct Upstream {
     pub plan: UpstreamPlan,
     pub balancer: RefCell<Balancer>,
     pub retry_budget: RetryBudget,
+    /// Per-client request buckets (`limits.requests_per_second`); empty when unlimited. Built
+    /// anew on reload, so a reload refills every bucket.
+    pub request_rate: RefCell<SourceLimiter>,
     /// One pool per backend, in plan order.
     pub pools: Vec<BackendPool>,
     /// What each pool was built for, so a reload keeps the pools of unchanged backends.
@@ -156,6 +161,12 @@ impl Upstreams {
                 Upstream {
                     plan: upstream.clone(),
                     retry_budget: RetryBudget::new(upstream.retry_budget),
+                    request_rate: RefCell::new(match upstream.limits.rate {
+                        Some(rate) => {
+                            SourceLimiter::new(rate.per_second, rate.burst, Instant::now())
+                        }
+                        None => SourceLimiter::new(0, 0, Instant::now()),
+                    }),
                     // Different seeds per shard and upstream keep random picks uncorrelated.
                     balancer: RefCell::new(Balancer::new(
                         upstream.balancing.clone(),

@@ -116,6 +116,7 @@ mod tests {
             protocol: crate::plan::BackendProtocol::Http2,
             tls: None,
             resolve_interval: crate::plan::DEFAULT_RESOLVE_INTERVAL,
+            limits: Default::default(),
             backends: vec![],
         }
     }

@@ -339,3 +339,75 @@ fn a_backend_may_be_a_dns_name_resolved_later() {
     );
     assert!(plan.upstreams[0].backends[0].name.is_none());
 }
+
+#[test]
+fn admission_keys_default_and_can_be_tuned() {
+    let s = Scratch::new();
+    let plan = s.parse(&s.minimal()).unwrap().plan().clone();
+    let d = QuicSettings::default();
+    assert_eq!(plan.quic.retry, RetryMode::Auto);
+    assert_eq!(plan.quic.retry_above, 100);
+    assert_eq!(plan.quic.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(plan.quic.max_connections, d.max_connections);
+    assert_eq!(plan.quic.max_handshakes, d.max_handshakes);
+    assert_eq!(plan.quic.new_connection_rate, d.new_connection_rate);
+
+    let tuned = edit(
+        &s.full(),
+        "max_udp_payload_size = 1452",
+        "max_udp_payload_size = 1452\nretry = \"always\"\nretry_above = 7\nhandshake_timeout_ms = 2500\n\
+         max_connections = 5000\nmax_handshakes = 300\nnew_connection_rate = 0\nnew_connection_burst = 9",
+    );
+    let plan = s.parse(&tuned).unwrap().plan().clone();
+    assert_eq!(plan.quic.retry, RetryMode::Always);
+    assert_eq!(plan.quic.retry_above, 7);
+    assert_eq!(plan.quic.handshake_timeout, Duration::from_millis(2500));
+    assert_eq!(plan.quic.max_connections, 5000);
+    assert_eq!(plan.quic.max_handshakes, 300);
+    assert_eq!(plan.quic.new_connection_rate, 0);
+    assert_eq!(plan.quic.new_connection_burst, 9);
+
+    // A short idle timeout shortens the default handshake timeout with it.
+    let short_idle = edit(
+        &s.minimal(),
+        "[listen]",
+        "[quic]\nidle_timeout_ms = 3000\n\n[listen]",
+    );
+    let plan = s.parse(&short_idle).unwrap().plan().clone();
+    assert_eq!(plan.quic.handshake_timeout, Duration::from_secs(3));
+}
+
+#[test]
+fn limits_apply_to_every_upstream_and_an_upstream_may_override_them() {
+    let s = Scratch::new();
+    let plan = s.parse(&s.minimal()).unwrap().plan().clone();
+    assert_eq!(
+        plan.upstreams[0].limits,
+        shards::plan::RequestLimits::default()
+    );
+
+    let text = edit(
+        &s.full(),
+        "[upstream.api_pool]",
+        "[limits]\nmax_request_body_bytes = 5000\nmax_headers = 50\nrequests_per_second = 10\n\n\
+         [upstream.api_pool]\nlimits = { max_request_body_bytes = 9000, requests_burst = 40 }",
+    );
+    let plan = s.parse(&text).unwrap().plan().clone();
+    let api = &plan.upstreams[0].limits;
+    assert_eq!(api.max_body_bytes, Some(9000));
+    assert_eq!(api.max_headers, 50, "inherited from [limits]");
+    assert_eq!(
+        api.rate,
+        Some(shards::plan::RequestRate {
+            per_second: 10,
+            burst: 40
+        })
+    );
+    let default_pool = &plan.upstreams[1].limits;
+    assert_eq!(default_pool.max_body_bytes, Some(5000));
+    assert_eq!(
+        default_pool.rate.map(|r| r.burst),
+        Some(10),
+        "a second's worth"
+    );
+}

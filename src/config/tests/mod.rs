@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use log::LevelFilter;
 use shards::plan::{
-    BackendProtocol, Balancing, KeepAlive, QuicSettings, UpstreamTimeouts, DEFAULT_KEEPALIVE,
+    BackendProtocol, Balancing, KeepAlive, QuicSettings, RetryMode, UpstreamTimeouts,
+    DEFAULT_KEEPALIVE,
 };
 
 use super::validate::{format_cpu_list, Host};

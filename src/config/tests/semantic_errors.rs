@@ -749,3 +749,77 @@ fn sni_certificate_problems_name_their_entry() {
         "`other.test` is already served by listen.certificates[0]",
     );
 }
+
+#[test]
+fn admission_settings_are_checked() {
+    let s = Scratch::new();
+    let with = |extra: &str| {
+        edit(
+            &s.full(),
+            "max_udp_payload_size = 1452",
+            &format!("max_udp_payload_size = 1452\n{extra}"),
+        )
+    };
+    assert_problem(
+        &s.problems(&with("retry = \"sometimes\"")),
+        "quic.retry",
+        "unknown retry mode `sometimes`; expected \"auto\", \"always\" or \"off\"",
+    );
+    assert_problem(
+        &s.problems(&with("max_connections = 0")),
+        "quic.max_connections",
+        "must be at least 1, got 0",
+    );
+    assert_problem(
+        &s.problems(&with("max_handshakes = 0")),
+        "quic.max_handshakes",
+        "must be at least 1, got 0",
+    );
+    assert_problem(
+        &s.problems(&with("retry_above = -1")),
+        "quic.retry_above",
+        "must be at least 0, got -1",
+    );
+    assert_problem(
+        &s.problems(&with("new_connection_burst = 0")),
+        "quic.new_connection_burst",
+        "must be at least 1, got 0",
+    );
+    // The full example's idle timeout is 10 s.
+    assert_problem(
+        &s.problems(&with("handshake_timeout_ms = 20000")),
+        "quic.handshake_timeout_ms",
+        "must not exceed quic.idle_timeout_ms (10000 ms), got 20000 ms",
+    );
+}
+
+#[test]
+fn limits_are_checked_where_they_are_written() {
+    let s = Scratch::new();
+    let listener = edit(
+        &s.full(),
+        "[upstream.api_pool]",
+        "[limits]\nmax_header_bytes = 300000\n\n[upstream.api_pool]",
+    );
+    assert_problem(
+        &s.problems(&listener),
+        "limits.max_header_bytes",
+        "must be at most 262144, got 300000",
+    );
+    let pool = edit(
+        &s.full(),
+        "[upstream.api_pool]",
+        "[upstream.api_pool]\nlimits = { requests_burst = 5 }",
+    );
+    assert_problem(
+        &s.problems(&pool),
+        "upstream.api_pool.limits.requests_burst",
+        "has no effect without requests_per_second",
+    );
+    let unknown = edit(
+        &s.full(),
+        "[upstream.api_pool]",
+        "[upstream.api_pool]\nlimits = { max_body = 5 }",
+    );
+    assert!(!s.problems(&unknown).is_empty());
+}

@@ -7,6 +7,7 @@ pub(super) fn check_upstreams(
     p: &mut Problems,
     upstreams: &[(String, RawUpstream)],
     base_dir: &Path,
+    listener_limits: shards::plan::RequestLimits,
 ) -> Vec<UpstreamPlan> {
     if upstreams.is_empty() {
         p.push(
@@ -224,6 +225,12 @@ pub(super) fn check_upstreams(
             });
         let (protocol, transport) = check_protocol(p, &base, up);
         let tls = check_backend_tls(p, &base, up, protocol, transport, base_dir);
+        let limits = super::check_limits(
+            p,
+            &format!("{base}.limits"),
+            up.limits.as_ref(),
+            listener_limits,
+        );
 
         plans.push(UpstreamPlan {
             name: name.clone(),
@@ -239,6 +246,7 @@ pub(super) fn check_upstreams(
             protocol,
             tls,
             resolve_interval,
+            limits,
             backends,
         });
     }
