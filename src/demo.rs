@@ -50,6 +50,7 @@ pub fn prepare(port: u16) -> io::Result<(ProxySettings, String)> {
         redirect: None,
         tls: TlsIdentity::load(&certs.cert_chain, &certs.private_key).map_err(io::Error::other)?,
         sni: Default::default(),
+        overload: Default::default(),
         // One process with one shard: there is no other socket to steer packets to, so the
         // kernel's address hash is exact and loading the steering program would only warn.
         quic: QuicSettings {

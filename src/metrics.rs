@@ -261,6 +261,22 @@ fn shard_counters(out: &mut String, shards: &[Arc<ShardStats>]) {
     per_shard(
         out,
         shards,
+        "spooky_overload_stage",
+        "gauge",
+        "Overload stage: 0 normal, 1 Retry every new connection, 2 refuse new connections, 3 answer new requests 503.",
+        |s| &s.overload_stage,
+    );
+    per_shard(
+        out,
+        shards,
+        "spooky_tcp_connections_refused_total",
+        "counter",
+        "TCP connections closed at accept because the shard refuses new connections (overload).",
+        |s| &s.tcp_connections_refused,
+    );
+    per_shard(
+        out,
+        shards,
         "spooky_quic_retries_sent_total",
         "counter",
         "Retry packets sent to make new clients prove their address (RFC 9000 §8.1.2).",

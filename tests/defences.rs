@@ -127,3 +127,135 @@ fn a_handshake_flood_stays_bounded_and_a_real_client_gets_through() {
     );
     assert!(metric_sum(spooky.admin, "spooky_quic_handshake_timeouts_total", &[]) >= 1.0);
 }
+
+#[test]
+fn overload_sheds_requests_then_recovers() {
+    let backend = start_backend("overload-requests");
+    let proxy = Proxy::single_pool(
+        "overload-requests",
+        &[&backend],
+        "[overload]\nrequests = 10\n",
+    );
+    let stats = proxy.running.shard_stats()[0].clone();
+    let mut bystander = proxy.client();
+    assert_eq!(
+        bystander.request(Request::get("/bytes/10")).unwrap().status,
+        200
+    );
+    // Ten slow requests fill the mark: stage 3.
+    let options = proxy.client_options();
+    let slow = std::thread::spawn(move || {
+        let mut client = H3Client::connect(options).unwrap();
+        let requests = (0..10).map(|_| Request::get("/delay/1500")).collect();
+        client.request_many(requests)
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || stats.overload_stage.get() == 3),
+        "stage 3 was not entered (stage {})",
+        stats.overload_stage.get()
+    );
+    let shed = bystander.request(Request::get("/bytes/10")).unwrap();
+    assert_eq!(shed.status, 503);
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    for response in slow.join().unwrap() {
+        assert_eq!(
+            response.unwrap().status,
+            200,
+            "requests already admitted finish"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || stats.overload_stage.get() == 0),
+        "the stage was not released"
+    );
+    assert_eq!(
+        bystander.request(Request::get("/bytes/10")).unwrap().status,
+        200
+    );
+    assert_eq!(
+        stats
+            .limited
+            .get(shards::proxy::limits::Exceeded::Overload)
+            .get(),
+        1
+    );
+}
+
+#[test]
+fn overload_retries_then_refuses_new_connections_then_recovers() {
+    let backend = start_backend("overload-connections");
+    let proxy = Proxy::single_pool(
+        "overload-connections",
+        &[&backend],
+        "[quic]\nretry = \"off\"\n\n[overload]\nconnections = 10\n",
+    );
+    let stats = proxy.running.shard_stats()[0].clone();
+    let stage = || stats.overload_stage.get();
+    let mut held: Vec<H3Client> = (0..8).map(|_| proxy.client()).collect();
+    assert!(
+        eventually(Duration::from_secs(5), || stage() == 1),
+        "stage {}",
+        stage()
+    );
+    assert_eq!(
+        stats.retries_sent.get(),
+        0,
+        "retry is off until the overload stage"
+    );
+    // Stage 1: a newcomer is served, through a Retry.
+    let mut newcomer = proxy.client();
+    assert_eq!(
+        newcomer.request(Request::get("/bytes/10")).unwrap().status,
+        200
+    );
+    assert!(stats.retries_sent.get() >= 1);
+    held.push(newcomer);
+    // Nine connections: stage 2 refuses new ones, over QUIC and over TCP.
+    assert!(
+        eventually(Duration::from_secs(5), || stage() == 2),
+        "stage {}",
+        stage()
+    );
+    let refused = H3Client::connect(spooky_bench::client::ClientOptions {
+        timeout: Duration::from_millis(500),
+        ..proxy.client_options()
+    });
+    assert!(refused.is_err(), "a new connection was accepted in stage 2");
+    assert!(stats.refusals.overload.get() >= 1);
+    let mut tcp = std::net::TcpStream::connect(proxy.running.local_addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut tcp, &mut buf).unwrap_or(0),
+        0,
+        "closed at accept"
+    );
+    assert_eq!(stats.tcp_connections_refused.get(), 1);
+    // Held connections are still served.
+    assert_eq!(
+        held[0].request(Request::get("/bytes/10")).unwrap().status,
+        200
+    );
+    for client in held {
+        client.close();
+    }
+    // A closed connection still counts while it drains (three PTOs, RFC 9000 §10.2): seconds
+    // for connections that have carried little traffic.
+    assert!(
+        eventually(Duration::from_secs(30), || stage() == 0),
+        "stage {} with {} QUIC connections",
+        stage(),
+        stats.connections_active.get()
+    );
+    let retries = stats.retries_sent.get();
+    let mut after = proxy.client();
+    assert_eq!(
+        after.request(Request::get("/bytes/10")).unwrap().status,
+        200
+    );
+    assert_eq!(
+        stats.retries_sent.get(),
+        retries,
+        "no Retry once the stage is released"
+    );
+}

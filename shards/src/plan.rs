@@ -17,6 +17,8 @@ pub struct ProxyPlan {
     /// Further certificates, chosen by the client's SNI on both listeners.
     pub sni: crate::tls::SniCertificates,
     pub quic: QuicSettings,
+    /// Where overload shedding starts (`[overload]`); all `None` turns it off.
+    pub overload: OverloadMarks,
     /// Upstream pools, in configuration order. Their index is the upstream id used in routing.
     pub upstreams: Vec<UpstreamPlan>,
     /// Write one access log line per request (target `spooky::access`).
@@ -27,6 +29,18 @@ pub struct ProxyPlan {
     /// The plain-HTTP listener that redirects to HTTPS, if any. The coordinator resolves a port
     /// of 0 before the shards see it, so that every shard binds the same one.
     pub redirect: Option<std::net::SocketAddr>,
+}
+
+/// The loads at which a shard sheds work (`[overload]`): each stage starts at a share of the
+/// nearest mark (see `shard::overload`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverloadMarks {
+    /// Live connections per shard, QUIC and TCP together.
+    pub connections: Option<u64>,
+    /// Requests in flight per shard.
+    pub requests: Option<u64>,
+    /// Resident memory of the whole process.
+    pub memory_bytes: Option<u64>,
 }
 
 /// A day, as nginx's and Caddy's examples use.

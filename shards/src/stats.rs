@@ -184,8 +184,13 @@ pub struct ShardStats {
     /// Requests the client cancelled before their response completed.
     pub client_cancels: Counter,
     pub malformed_requests: Counter,
-    /// Requests answered `431`, `414`, `413` or `429` for breaking a limit.
+    /// Requests answered `431`, `414`, `413` or `429` for breaking a limit, or `503` while the
+    /// shard sheds requests.
     pub limited: LimitCounters,
+    /// The overload stage (gauge): 0 normal, 1 Retry all, 2 refuse connections, 3 shed requests.
+    pub overload_stage: Counter,
+    /// TCP connections closed at accept because the shard refuses new connections.
+    pub tcp_connections_refused: Counter,
     pub backend_connects: Counter,
     pub backend_connect_failures: Counter,
     /// Requests sent again to another backend after a failure that left them unprocessed.
@@ -230,6 +235,7 @@ pub struct LimitCounters {
     uri: Counter,
     body: Counter,
     rate: Counter,
+    overload: Counter,
 }
 
 impl LimitCounters {
@@ -239,6 +245,7 @@ impl LimitCounters {
             Exceeded::Uri => &self.uri,
             Exceeded::Body => &self.body,
             Exceeded::Rate => &self.rate,
+            Exceeded::Overload => &self.overload,
         }
     }
 

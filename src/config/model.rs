@@ -55,6 +55,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub quic: RawQuic,
     pub limits: Option<RawLimits>,
+    pub overload: Option<RawOverload>,
     /// Absent and empty are both reported by validation as "no upstreams", alongside any other
     /// problem, rather than as a parse error that would hide the rest.
     #[serde(default)]
@@ -196,6 +197,15 @@ pub struct RawLimits {
     pub max_request_body_bytes: Option<Int>,
     pub requests_per_second: Option<Int>,
     pub requests_burst: Option<Int>,
+}
+
+/// `[overload]`: where a shard starts shedding work.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverload {
+    pub connections: Option<Int>,
+    pub requests: Option<Int>,
+    pub memory_bytes: Option<Int>,
 }
 
 /// `[upstream.NAME.keepalive]`: idle HTTP/1.1 connections.

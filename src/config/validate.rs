@@ -26,10 +26,10 @@ use shards::tls::{SniCertificates, TlsError, TlsIdentity};
 use super::error::Problem;
 use super::model::{
     BalancingKind, Int, RawBackendTls, RawCertificate, RawConfig, RawHealthCheck, RawKeepAlive,
-    RawLimits, RawQuic, RawRedirect, RawRuntime, RawUpstream,
+    RawLimits, RawOverload, RawQuic, RawRedirect, RawRuntime, RawUpstream,
 };
 use super::{Config, LogFormat};
-use limits::check_limits;
+use limits::{check_limits, check_overload};
 use upstreams::check_upstreams;
 
 mod limits;
@@ -257,6 +257,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
     };
     let quic = check_quic(&mut p, &raw.quic);
     let limits = check_limits(&mut p, "limits", raw.limits.as_ref(), Default::default());
+    let overload = check_overload(&mut p, raw.overload.as_ref());
     let upstreams = check_upstreams(&mut p, &raw.upstream.0, base_dir, limits);
 
     let log_level = match raw.log.level.as_deref() {
@@ -324,6 +325,7 @@ pub fn validate(raw: RawConfig, origin: &Path, host: &Host) -> Result<Config, Ve
         tls,
         sni,
         quic,
+        overload,
         upstreams,
         access_log: raw.log.access_log.unwrap_or(false),
         alt_svc_max_age,

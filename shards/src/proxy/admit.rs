@@ -12,12 +12,14 @@ use crate::upstream::Upstreams;
 
 /// Decides what a new request stream gets: a `400` for a malformed head, a `404` without a
 /// route, a `431`/`414`/`413`/`429` for a request over its pool's limits, else a proxied
-/// exchange under the configuration current now (`upstreams`).
+/// exchange under the configuration current now (`upstreams`). While `shedding`, every request
+/// that is well formed gets `503`.
 pub fn admit<'a>(
     fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     client: ClientInfo,
     has_body: bool,
     upstreams: &Rc<Upstreams>,
+    shedding: bool,
     stats: &ShardStats,
 ) -> Job {
     let mut size = HeadSize::default();
@@ -30,6 +32,13 @@ pub fn admit<'a>(
     };
     let host = head.uri.authority().map_or("", |a| a.as_str());
     let grpc = || super::grpc::is_grpc(&head.headers);
+    if shedding {
+        stats.limited.count(Exceeded::Overload);
+        return Job::Limited {
+            reply: Exceeded::Overload.reply(),
+            grpc: grpc(),
+        };
+    }
     let Some(index) =
         upstreams
             .router

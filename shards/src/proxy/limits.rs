@@ -33,14 +33,17 @@ pub enum Exceeded {
     Uri,
     Body,
     Rate,
+    /// The shard is shedding requests (overload stage 3).
+    Overload,
 }
 
 impl Exceeded {
-    pub const ALL: [Exceeded; 4] = [
+    pub const ALL: [Exceeded; 5] = [
         Exceeded::Header,
         Exceeded::Uri,
         Exceeded::Body,
         Exceeded::Rate,
+        Exceeded::Overload,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -49,6 +52,7 @@ impl Exceeded {
             Exceeded::Uri => "uri_too_long",
             Exceeded::Body => "body_too_large",
             Exceeded::Rate => "rate",
+            Exceeded::Overload => "overload",
         }
     }
 
@@ -74,6 +78,11 @@ impl Exceeded {
             Exceeded::Rate => LocalReply {
                 status: 429,
                 message: "too many requests",
+                retry_after: Some("1"),
+            },
+            Exceeded::Overload => LocalReply {
+                status: 503,
+                message: "overloaded, try again shortly",
                 retry_after: Some("1"),
             },
         }
@@ -158,7 +167,7 @@ mod tests {
     #[test]
     fn statuses() {
         let statuses: Vec<u16> = Exceeded::ALL.iter().map(|e| e.reply().status).collect();
-        assert_eq!(statuses, [431, 414, 413, 429]);
+        assert_eq!(statuses, [431, 414, 413, 429, 503]);
         assert_eq!(Exceeded::Rate.reply().retry_after, Some("1"));
     }
 }

@@ -118,6 +118,9 @@ pub struct Endpoint<S> {
     stateless_reply: Option<(usize, SocketAddr)>,
     /// Cleared on drain and shutdown: Initials for new connections are then dropped.
     accepting: bool,
+    /// Set by the shard's overload manager: Retry every new client, or refuse new connections.
+    retry_all: bool,
+    refuse_new: bool,
     stats: Arc<ShardStats>,
 }
 
@@ -157,6 +160,8 @@ impl<S: Session> Endpoint<S> {
             stateless: vec![0; 2048].into_boxed_slice(),
             stateless_reply: None,
             accepting: true,
+            retry_all: false,
+            refuse_new: false,
             stats,
         }
     }
@@ -345,6 +350,9 @@ impl<S: Session> Endpoint<S> {
         if !self.accepting {
             return Err(self.refuse(Refusal::Draining));
         }
+        if self.refuse_new {
+            return Err(self.refuse(Refusal::Overload));
+        }
         if self.table.len() >= self.settings.max_connections {
             return Err(self.refuse(Refusal::ConnectionLimit));
         }
@@ -426,8 +434,18 @@ impl<S: Session> Endpoint<S> {
         }
     }
 
+    /// Applies the overload manager's stage to new connections: `retry_all` asks every new
+    /// client for a Retry whatever `quic.retry` says; `refuse_new` drops their Initials.
+    pub fn set_shedding(&mut self, retry_all: bool, refuse_new: bool) {
+        self.retry_all = retry_all;
+        self.refuse_new = refuse_new;
+    }
+
     /// Whether a client without a token must prove its address first.
     fn must_retry(&self) -> bool {
+        if self.retry_all {
+            return true;
+        }
         match self.settings.retry {
             RetryMode::Always => true,
             RetryMode::Auto => self.unvalidated >= self.settings.retry_above,

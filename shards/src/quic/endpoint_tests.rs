@@ -76,6 +76,7 @@ fn endpoint_with(settings: QuicSettings) -> (Endpoint<Recorder>, Arc<ShardStats>
         tls: certificate(),
         sni: Default::default(),
         quic: settings,
+        overload: Default::default(),
         upstreams: Vec::new(),
         access_log: false,
         alt_svc_max_age: None,

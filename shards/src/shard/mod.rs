@@ -9,9 +9,11 @@
 //! accept loop and a task per TCP connection ([`tcp`]); and the control loop ([`control`]), which applies the coordinator's messages once per tick.
 
 mod control;
+mod overload;
 mod tasks;
 mod tcp;
 
+use overload::{OverloadManager, Stage};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::UdpSocket;
@@ -118,6 +120,17 @@ struct Shard {
     quic_settings: crate::plan::QuicSettings,
     /// Open TCP connections, for drain and the idle sweep.
     tcp: Rc<tcp::TcpConnections>,
+    /// Where shedding starts, and the stage it is at (read on every new request and TCP
+    /// connection, so kept in a `Cell` apart from the manager).
+    overload: RefCell<OverloadManager>,
+    overload_stage: Cell<Stage>,
+}
+
+impl Shard {
+    /// Whether new requests get `503` (overload stage 3).
+    fn shedding_requests(&self) -> bool {
+        self.overload_stage.get() >= Stage::ShedRequests
+    }
 }
 
 async fn run(spec: ShardSpec) -> Result<(), ShardError> {
@@ -180,6 +193,8 @@ async fn run(spec: ShardSpec) -> Result<(), ShardError> {
         alt_svc: RefCell::new(alt_svc),
         quic_settings: plan.quic.clone(),
         tcp: Rc::new(tcp::TcpConnections::new(stats.clone())),
+        overload: RefCell::new(OverloadManager::new(plan.overload)),
+        overload_stage: Cell::new(Stage::Normal),
     });
     stats.thread_id.set(crate::sys::thread_id());
     stats.running.set(1);

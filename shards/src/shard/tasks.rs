@@ -191,8 +191,14 @@ impl Shard {
             let client = ClientInfo { ip: peer.ip() };
             for request in requests.drain(..) {
                 let fields = request.fields.iter().map(|h| (h.name(), h.value()));
-                let job =
-                    proxy::admit(fields, client, request.more_frames, &upstreams, &self.stats);
+                let job = proxy::admit(
+                    fields,
+                    client,
+                    request.more_frames,
+                    &upstreams,
+                    self.shedding_requests(),
+                    &self.stats,
+                );
                 let key = StreamKey {
                     cid,
                     serial,

@@ -411,3 +411,19 @@ fn limits_apply_to_every_upstream_and_an_upstream_may_override_them() {
         "a second's worth"
     );
 }
+
+#[test]
+fn overload_marks_are_off_unless_set() {
+    let s = Scratch::new();
+    let plan = s.parse(&s.minimal()).unwrap().plan().clone();
+    assert_eq!(plan.overload, shards::plan::OverloadMarks::default());
+    let text = edit(
+        &s.full(),
+        "[upstream.api_pool]",
+        "[overload]\nconnections = 50000\nmemory_bytes = 4294967296\n\n[upstream.api_pool]",
+    );
+    let plan = s.parse(&text).unwrap().plan().clone();
+    assert_eq!(plan.overload.connections, Some(50_000));
+    assert_eq!(plan.overload.requests, None);
+    assert_eq!(plan.overload.memory_bytes, Some(4 << 30));
+}

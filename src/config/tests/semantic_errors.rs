@@ -823,3 +823,20 @@ fn limits_are_checked_where_they_are_written() {
     );
     assert!(!s.problems(&unknown).is_empty());
 }
+
+#[test]
+fn overload_marks_are_checked() {
+    let s = Scratch::new();
+    let text = edit(
+        &s.full(),
+        "[upstream.api_pool]",
+        "[overload]\nrequests = 5\nmemory_bytes = 1000\n\n[upstream.api_pool]",
+    );
+    let problems = s.problems(&text);
+    assert_problem(&problems, "overload.requests", "must be at least 10, got 5");
+    assert_problem(
+        &problems,
+        "overload.memory_bytes",
+        "must be at least 67108864 bytes, got 1000",
+    );
+}

@@ -1,8 +1,9 @@
-//! Checks of `[limits]` and `[upstream.NAME.limits]`: the listener's bounds on one request, and
-//! a pool's overrides of them (a key an upstream leaves out keeps the listener's value).
+//! Checks of `[limits]` and `[upstream.NAME.limits]` (the listener's bounds on one request, and a
+//! pool's overrides of them: a key an upstream leaves out keeps the listener's value), and of
+//! `[overload]` (the loads at which a shard sheds work).
 
 use super::*;
-use shards::plan::{RequestLimits, RequestRate, FIELD_SECTION_CEILING};
+use shards::plan::{OverloadMarks, RequestLimits, RequestRate, FIELD_SECTION_CEILING};
 
 /// Largest body limit accepted: 1 TiB is far above any upload a proxy should stream.
 const MAX_BODY_LIMIT: i64 = 1 << 40;
@@ -75,4 +76,29 @@ pub(super) fn check_limits(
         (None, None) => {}
     }
     limits
+}
+
+/// `[overload]`: each mark is optional; none at all turns shedding off.
+pub(super) fn check_overload(p: &mut Problems, raw: Option<&RawOverload>) -> OverloadMarks {
+    let Some(raw) = raw else {
+        return OverloadMarks::default();
+    };
+    let mark = |p: &mut Problems, key: &str, value: Option<Int>, lo: i64, hi: i64, unit: &str| {
+        value
+            .and_then(|Int(v)| p.in_range(&format!("overload.{key}"), v, lo, hi, unit))
+            .map(|v| v as u64)
+    };
+    OverloadMarks {
+        connections: mark(p, "connections", raw.connections, 10, MAX_CONNECTIONS, ""),
+        requests: mark(p, "requests", raw.requests, 10, MAX_CONNECTIONS, ""),
+        // At least 64 MiB: below that, the shards' own buffers would read as overload.
+        memory_bytes: mark(
+            p,
+            "memory_bytes",
+            raw.memory_bytes,
+            64 << 20,
+            1 << 50,
+            " bytes",
+        ),
+    }
 }

@@ -26,6 +26,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 pub use registry::TcpConnections;
 use registry::{Registration, Signal};
 
+use super::overload::Stage;
 use super::Shard;
 use crate::h1::{self, H1Stream};
 use crate::h2::{request_fields, H2Stream};
@@ -67,6 +68,11 @@ async fn accept_until_drain<F, Served>(
         })
         .await;
         match accepted {
+            Some(Ok(stream)) if shard.overload_stage.get() >= Stage::RefuseConnections => {
+                // Closed before any TLS work: the cheapest refusal TCP allows.
+                shard.stats.tcp_connections_refused.incr();
+                drop(stream);
+            }
             Some(Ok(stream)) => rt::spawn(serve(stream, shard.tcp.register())),
             Some(Err(e)) => {
                 log::warn!("{listener_name} listener accept: {e}");
@@ -218,6 +224,7 @@ impl Shard {
                 client,
                 has_body,
                 &upstreams,
+                self.shedding_requests(),
                 &self.stats,
             );
             let stream = H2Stream::new(peer, respond, body, self.alt_svc.borrow().clone());
@@ -242,7 +249,14 @@ impl Shard {
             let upstreams = shard.upstreams.borrow().clone();
             let websocket = tunnel::websocket_upgrade(&parts);
             let job = match h1::request_fields(&parts) {
-                Ok(fields) => proxy::admit(fields, client, has_body, &upstreams, &shard.stats),
+                Ok(fields) => proxy::admit(
+                    fields,
+                    client,
+                    has_body,
+                    &upstreams,
+                    shard.shedding_requests(),
+                    &shard.stats,
+                ),
                 Err(malformed) => proxy::admit::refuse(malformed, client, &shard.stats),
             };
             let (stream, response) = H1Stream::new(peer, id, body, shard.alt_svc.borrow().clone());
