@@ -46,6 +46,12 @@ fn parse_cores(text: &str) -> Result<CpuList, String> {
     spooky::cpulist::parse(text).map(CpuList)
 }
 
+/// jemalloc, whose background thread gives memory back to the system about a second after it is
+/// freed, so the resident size falls after a burst of connections instead of staying at its peak
+/// (docs/operations.md, "Memory growth"; options in .cargo/config.toml).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // Usage errors print clap's message and exit with status 2.
     let cli = <Cli as clap::Parser>::parse();

@@ -259,3 +259,50 @@ fn overload_retries_then_refuses_new_connections_then_recovers() {
         "no Retry once the stage is released"
     );
 }
+
+#[test]
+fn memory_held_by_a_flood_goes_back_when_it_ends() {
+    let backend = start_backend("flood-memory");
+    let port = free_port();
+    // Retry off: each Initial of the flood becomes a half-open connection with its TLS state,
+    // about 30 KB, until the handshake deadline ends it. All come from 127.0.0.1, so the
+    // per-source limit is off.
+    let body = format!(
+        "[quic]\nretry = \"off\"\nhandshake_timeout_ms = 2000\nnew_connection_rate = 0\n\n\
+         [upstream.main]\nroute = {{ path_prefix = \"/\" }}\n\n[[upstream.main.backends]]\n\
+         id = \"b\"\naddress = \"{}\"\n",
+        backend.addr()
+    );
+    let spooky = SpookyProcess::start("flood-memory", port, &body);
+    let pid = spooky.child.id();
+    let mut warm = H3Client::connect(spooky.client_options(Duration::from_secs(10))).unwrap();
+    assert_eq!(warm.request(Request::get("/bytes/10")).unwrap().status, 200);
+    drop(warm);
+    let start_rss = rss_bytes(pid);
+    flood::initials(spooky.listen, 3_000).unwrap();
+    assert!(eventually(Duration::from_secs(10), || metric_sum(
+        spooky.admin,
+        "spooky_quic_handshakes_active",
+        &[]
+    ) >= 2_000.0));
+    let peak_rss = rss_bytes(pid);
+    assert!(eventually(Duration::from_secs(20), || metric_sum(
+        spooky.admin,
+        "spooky_quic_handshakes_active",
+        &[]
+    ) == 0.0));
+    let settled = eventually(Duration::from_secs(30), || {
+        rss_bytes(pid) < start_rss + 10 * 1024 * 1024
+    });
+    eprintln!(
+        "half-open flood: RSS {:.1} MB -> {:.1} MB -> {:.1} MB",
+        start_rss as f64 / MB,
+        peak_rss as f64 / MB,
+        rss_bytes(pid) as f64 / MB
+    );
+    assert!(
+        peak_rss > start_rss + 20 * 1024 * 1024,
+        "the flood held memory"
+    );
+    assert!(settled, "the memory did not go back to the system");
+}

@@ -100,7 +100,9 @@ pub struct Endpoint<S> {
     /// Connections still in their handshake, and those of them with an unvalidated address.
     handshaking: usize,
     unvalidated: usize,
-    table: AHashMap<ServerCid, Connection<S>>,
+    /// Boxed: a `quiche::Connection` is large, and a table of them inline would keep a flood's
+    /// peak allocated (a hash table does not shrink by itself); see [`Endpoint::remove_counted`].
+    table: AHashMap<ServerCid, Box<Connection<S>>>,
     /// Spare connection IDs, each to the ID the connection is keyed by.
     aliases: AHashMap<ServerCid, ServerCid>,
     timers: BinaryHeap<Reverse<(Instant, ServerCid)>>,
@@ -191,12 +193,15 @@ impl<S: Session> Endpoint<S> {
     }
 
     pub fn get_mut(&mut self, cid: ServerCid) -> Option<&mut Connection<S>> {
-        self.table.get_mut(&cid)
+        self.table.get_mut(&cid).map(|c| &mut **c)
     }
 
     /// The connection `cid`, if it is still the one with `serial`.
     pub fn connection(&mut self, cid: ServerCid, serial: u64) -> Option<&mut Connection<S>> {
-        self.table.get_mut(&cid).filter(|c| c.serial == serial)
+        self.table
+            .get_mut(&cid)
+            .map(|c| &mut **c)
+            .filter(|c| c.serial == serial)
     }
 
     /// Finds (or, for a valid Initial, creates) the connection a datagram belongs to, and feeds
@@ -410,7 +415,7 @@ impl<S: Session> Endpoint<S> {
                 self.next_serial += 1;
                 self.table.insert(
                     cid,
-                    Connection {
+                    Box::new(Connection {
                         quic,
                         session: None,
                         serial: self.next_serial,
@@ -422,7 +427,7 @@ impl<S: Session> Endpoint<S> {
                         handshake_counted: false,
                         validated,
                         handshake_deadline: now + self.settings.handshake_timeout,
-                    },
+                    }),
                 );
                 Ok(cid)
             }
@@ -683,6 +688,12 @@ impl<S: Session> Endpoint<S> {
         let Some(mut conn) = self.table.remove(&cid) else {
             return;
         };
+        // After a flood the table would keep its peak capacity: shrink it once it is mostly
+        // empty. Halving at a quarter keeps the cost amortised constant per removal.
+        if self.table.capacity() > 1024 && self.table.len() < self.table.capacity() / 4 {
+            let keep = self.table.len() * 2;
+            self.table.shrink_to(keep);
+        }
         for alias in &conn.aliases {
             self.aliases.remove(alias);
         }
