@@ -542,6 +542,7 @@ impl<S: Session> Endpoint<S> {
             }
             Err(e) => {
                 log::debug!("version negotiation for {to} failed: {e}");
+                self.stats.datagrams_dropped_malformed.incr();
                 Destination::Dropped
             }
         }
