@@ -3,8 +3,8 @@
 //! connection counter. `/bytes/N` has a `content-length`; `/echo` streams the request body back
 //! chunked, request trailers included, and names the request's framing in `x-echo-framing`;
 //! `/close/N` answers like `/bytes/N` with `Connection: close`, so that a pool sees a backend end
-//! a connection between requests; `/early/N` answers status N without reading the request body,
-//! as a server refusing an upload does.
+//! a connection between requests; `/early/N` answers status N before reading the request body,
+//! as a server refusing an upload does (then discards the body, closing gracefully).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -91,7 +91,14 @@ async fn route(request: Request<Incoming>, context: &Context) -> Response<ReplyB
                 .insert("x-echo-framing", HeaderValue::from_static(framing));
             reply
         }
-        ("early", Some(code)) => reply(code as u16, context, text(format!("status {code}"))),
+        ("early", Some(code)) => {
+            // The body is read only after the answer is on its way, and then discarded, as
+            // nginx's lingering close does: closing with unread data would send a TCP reset,
+            // which can destroy the answer in the client's receive queue before it is read.
+            let mut body = request.into_body();
+            tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+            reply(code as u16, context, text(format!("status {code}")))
+        }
         ("status", Some(code)) => {
             let _ = request.into_body().collect().await;
             reply(code as u16, context, text(format!("status {code}")))
