@@ -7,11 +7,25 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::SpookyProcess;
-use common::{eventually, free_port, metric_sum, rss_bytes, sha256, start_backend, Proxy};
+use common::{eventually, free_port, metric_sum, pool, rss_bytes, sha256, start_backend, Proxy};
+use spooky_bench::backend::BackendHandle;
 use spooky_bench::client::{H3Client, Request};
 use spooky_bench::flood;
 
 const MB: f64 = 1024.0 * 1024.0;
+
+/// The `spooky` binary (its own process, so that its memory is measured alone) with one pool
+/// and `extra` settings, after a first request has warmed it (pools, TLS tables), and its
+/// resident memory then.
+fn warmed_process(label: &str, backend: &BackendHandle, extra: &str) -> (SpookyProcess, u64) {
+    let body = format!("{extra}\n{}", pool("main", "/", &[backend], ""));
+    let spooky = SpookyProcess::start(label, free_port(), &body);
+    let mut warm = H3Client::connect(spooky.client_options(Duration::from_secs(10))).unwrap();
+    assert_eq!(warm.request(Request::get("/bytes/10")).unwrap().status, 200);
+    drop(warm);
+    let rss = rss_bytes(spooky.child.id());
+    (spooky, rss)
+}
 
 #[test]
 fn a_real_client_completes_through_retry_always() {
@@ -35,19 +49,8 @@ fn a_real_client_completes_through_retry_always() {
 #[test]
 fn a_handshake_flood_stays_bounded_and_a_real_client_gets_through() {
     let backend = start_backend("flood");
-    let port = free_port();
-    let body = format!(
-        "[upstream.main]\nroute = {{ path_prefix = \"/\" }}\n\n[[upstream.main.backends]]\n\
-         id = \"b\"\naddress = \"{}\"\n",
-        backend.addr()
-    );
-    let spooky = SpookyProcess::start("flood", port, &body);
+    let (spooky, start_rss) = warmed_process("flood", &backend, "");
     let pid = spooky.child.id();
-    // A first request warms the process (pools, TLS tables) so that growth is the flood's.
-    let mut warm = H3Client::connect(spooky.client_options(Duration::from_secs(10))).unwrap();
-    assert_eq!(warm.request(Request::get("/bytes/10")).unwrap().status, 200);
-    drop(warm);
-    let start_rss = rss_bytes(pid);
 
     let server = spooky.listen;
     let flooder = std::thread::spawn(move || flood::initials(server, 20_000).unwrap());
@@ -263,22 +266,12 @@ fn overload_retries_then_refuses_new_connections_then_recovers() {
 #[test]
 fn memory_held_by_a_flood_goes_back_when_it_ends() {
     let backend = start_backend("flood-memory");
-    let port = free_port();
     // Retry off: each Initial of the flood becomes a half-open connection with its TLS state,
     // about 30 KB, until the handshake deadline ends it. All come from 127.0.0.1, so the
     // per-source limit is off.
-    let body = format!(
-        "[quic]\nretry = \"off\"\nhandshake_timeout_ms = 2000\nnew_connection_rate = 0\n\n\
-         [upstream.main]\nroute = {{ path_prefix = \"/\" }}\n\n[[upstream.main.backends]]\n\
-         id = \"b\"\naddress = \"{}\"\n",
-        backend.addr()
-    );
-    let spooky = SpookyProcess::start("flood-memory", port, &body);
+    let quic = "[quic]\nretry = \"off\"\nhandshake_timeout_ms = 2000\nnew_connection_rate = 0\n";
+    let (spooky, start_rss) = warmed_process("flood-memory", &backend, quic);
     let pid = spooky.child.id();
-    let mut warm = H3Client::connect(spooky.client_options(Duration::from_secs(10))).unwrap();
-    assert_eq!(warm.request(Request::get("/bytes/10")).unwrap().status, 200);
-    drop(warm);
-    let start_rss = rss_bytes(pid);
     flood::initials(spooky.listen, 3_000).unwrap();
     assert!(eventually(Duration::from_secs(10), || metric_sum(
         spooky.admin,

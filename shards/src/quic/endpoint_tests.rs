@@ -585,57 +585,43 @@ fn connection_handshake_and_source_limits_refuse_cheaply() {
         let mut initial = client_datagrams(&mut client).remove(0);
         endpoint.recv(&mut initial, from.parse().unwrap(), false)
     };
-    let (mut endpoint, stats) = endpoint_with(QuicSettings {
-        max_connections: 1,
-        ..QuicSettings::default()
-    });
-    assert!(matches!(
-        initial_from(&mut endpoint, 1, "198.51.100.1:1"),
-        Destination::Connection(_)
-    ));
-    assert_eq!(
-        initial_from(&mut endpoint, 2, "198.51.100.2:1"),
-        Destination::Dropped
-    );
-    assert_eq!(stats.refusals.connection_limit.get(), 1);
-
-    let (mut endpoint, stats) = endpoint_with(QuicSettings {
-        max_handshakes: 1,
-        ..QuicSettings::default()
-    });
-    assert!(matches!(
-        initial_from(&mut endpoint, 1, "198.51.100.1:1"),
-        Destination::Connection(_)
-    ));
-    assert_eq!(
-        initial_from(&mut endpoint, 2, "198.51.100.2:1"),
-        Destination::Dropped
-    );
-    assert_eq!(stats.refusals.handshake_limit.get(), 1);
+    let opened = |d: Destination| matches!(d, Destination::Connection(_));
+    // Each cap admits one connection and refuses the next, from another address.
+    type RefusedCount = fn(&ShardStats) -> u64;
+    let caps: [(QuicSettings, RefusedCount); 2] = [
+        (
+            QuicSettings {
+                max_connections: 1,
+                ..QuicSettings::default()
+            },
+            |s| s.refusals.connection_limit.get(),
+        ),
+        (
+            QuicSettings {
+                max_handshakes: 1,
+                ..QuicSettings::default()
+            },
+            |s| s.refusals.handshake_limit.get(),
+        ),
+    ];
+    for (settings, refused) in caps {
+        let (mut endpoint, stats) = endpoint_with(settings);
+        assert!(opened(initial_from(&mut endpoint, 1, "198.51.100.1:1")));
+        assert!(!opened(initial_from(&mut endpoint, 2, "198.51.100.2:1")));
+        assert_eq!(refused(&stats), 1);
+    }
 
     let (mut endpoint, stats) = endpoint_with(QuicSettings {
         new_connection_rate: 1,
         new_connection_burst: 2,
         ..QuicSettings::default()
     });
-    assert!(matches!(
-        initial_from(&mut endpoint, 1, "198.51.100.1:1"),
-        Destination::Connection(_)
-    ));
-    assert!(matches!(
-        initial_from(&mut endpoint, 2, "198.51.100.1:2"),
-        Destination::Connection(_)
-    ));
-    assert_eq!(
-        initial_from(&mut endpoint, 3, "198.51.100.1:3"),
-        Destination::Dropped
-    );
+    assert!(opened(initial_from(&mut endpoint, 1, "198.51.100.1:1")));
+    assert!(opened(initial_from(&mut endpoint, 2, "198.51.100.1:2")));
+    assert!(!opened(initial_from(&mut endpoint, 3, "198.51.100.1:3")));
     assert_eq!(stats.refusals.source_rate.get(), 1);
     assert!(
-        matches!(
-            initial_from(&mut endpoint, 4, "198.51.100.9:1"),
-            Destination::Connection(_)
-        ),
+        opened(initial_from(&mut endpoint, 4, "198.51.100.9:1")),
         "another source has its own bucket"
     );
     assert_eq!(stats.connections_accepted.get(), 3);
