@@ -478,3 +478,75 @@ mod tests {
         assert_eq!(request(&with(&[])).unwrap().protocol, None);
     }
 }
+
+/// Generated field sections: `scripts/fuzz.sh` runs every `fuzz_` test for longer.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Names a client sends, pseudo-headers and connection-specific ones among them, or bytes.
+    fn name() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::sample::select(vec![
+                ":method",
+                ":scheme",
+                ":authority",
+                ":path",
+                ":protocol",
+                ":status",
+                "host",
+                "cookie",
+                "content-length",
+                "te",
+                "connection",
+                "keep-alive",
+                "transfer-encoding",
+                "upgrade",
+                "x-ok",
+                "X-Upper",
+            ])
+            .prop_map(|n| n.as_bytes().to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "GET",
+                "CONNECT",
+                "https",
+                "/",
+                "/a?b",
+                "example.com",
+                "10",
+                "-1",
+                "trailers",
+                "websocket",
+                "a=b",
+            ])
+            .prop_map(|v| v.as_bytes().to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..24),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_translate_request_never_panics_nor_forwards_hop_fields(
+            fields in proptest::collection::vec((name(), value()), 0..16),
+        ) {
+            let client = ClientInfo { ip: "192.0.2.1".parse().unwrap() };
+            let pairs = fields.iter().map(|(n, v)| (&n[..], &v[..]));
+            if let Ok(head) = translate_request(pairs, client) {
+                for hop in CONNECTION_SPECIFIC {
+                    prop_assert!(!head.headers.contains_key(
+                        std::str::from_utf8(hop).unwrap()
+                    ));
+                }
+            }
+            let pairs = fields.iter().map(|(n, v)| (&n[..], &v[..]));
+            let _ = translate_request_trailers(pairs);
+        }
+    }
+}

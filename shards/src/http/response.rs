@@ -107,3 +107,40 @@ mod tests {
         assert_eq!(&status_digits(7), b"500");
     }
 }
+
+/// Generated response heads: `scripts/fuzz.sh` runs every `fuzz_` test for longer.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn fuzz_response_fields_never_carry_hop_fields(
+            fields in proptest::collection::vec(
+                (prop::sample::select(vec![
+                    "content-type", "set-cookie", "te", "connection", "keep-alive",
+                    "transfer-encoding", "upgrade", "proxy-connection", "x-a", "server",
+                ]), proptest::collection::vec(32u8..127, 0..16)),
+                0..16),
+            status in 100u16..1000,
+        ) {
+            let mut headers = HeaderMap::new();
+            for (name, value) in &fields {
+                headers.append(*name, HeaderValue::from_bytes(value).unwrap());
+            }
+            let digits = status_digits(status);
+            let to_h3: Vec<_> = response_fields(&digits, &headers).collect();
+            let expected = status.to_string();
+            prop_assert_eq!(to_h3[0].1, expected.as_bytes());
+            for (name, _) in &to_h3 {
+                prop_assert!(!CONNECTION_SPECIFIC.contains(name));
+            }
+            let to_tcp = tcp_client_fields(&headers, None);
+            prop_assert!(!to_tcp.contains_key(TE));
+            for hop in CONNECTION_SPECIFIC {
+                prop_assert!(!to_tcp.contains_key(std::str::from_utf8(hop).unwrap()));
+            }
+        }
+    }
+}

@@ -132,3 +132,28 @@ mod tests {
         assert!(!inboxes.is_ours("127.0.0.1:1002".parse().unwrap()));
     }
 }
+
+/// Generated inputs for hand-off decoding: `scripts/fuzz.sh` runs every `fuzz_` test for longer.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn fuzz_decode_never_panics_and_round_trips(
+            mut message in proptest::collection::vec(any::<u8>(), 0..200),
+            packet in proptest::collection::vec(any::<u8>(), 1..200),
+            port in any::<u16>(),
+            v6 in any::<[u8; 16]>(),
+        ) {
+            let _ = decode(&mut message);
+            let from = SocketAddr::new(IpAddr::from(v6), port);
+            let mut buf = vec![0u8; 1024];
+            let n = encode(from, &packet, &mut buf).unwrap();
+            let (client, decoded) = decode(&mut buf[..n]).unwrap();
+            prop_assert_eq!(client, from);
+            prop_assert_eq!(&decoded[..], &packet[..]);
+        }
+    }
+}

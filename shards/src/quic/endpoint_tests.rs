@@ -648,3 +648,50 @@ fn an_initial_that_does_not_decrypt_leaves_no_connection() {
     assert_eq!(stats.handshakes_active.get(), 0);
     assert_eq!(stats.connections_active.get(), 0);
 }
+
+/// Generated datagrams: `scripts/fuzz.sh` runs every `fuzz_` test for longer.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn shared_endpoint() -> Endpoint<Recorder> {
+        endpoint(Duration::from_secs(30)).0
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_random_datagrams_leave_no_state(
+            datagrams in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>(), 0..1500), 1..16),
+            handed_off in any::<bool>(),
+        ) {
+            let mut endpoint = shared_endpoint();
+            for mut datagram in datagrams {
+                let _ = endpoint.recv(&mut datagram, client_addr(), handed_off);
+            }
+            server_datagrams(&mut endpoint);
+            prop_assert!(endpoint.is_empty());
+        }
+
+        #[test]
+        fn fuzz_mutated_initials_never_panic(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut endpoint = shared_endpoint();
+            let mut client = client();
+            let mut initial = client_datagrams(&mut client).remove(0);
+            for (at, value) in flips {
+                let i = at.index(initial.len());
+                initial[i] ^= value;
+            }
+            let keep = 1 + cut.index(initial.len());
+            let _ = endpoint.recv(&mut initial[..keep], client_addr(), false);
+            server_datagrams(&mut endpoint);
+            let now = Instant::now() + Duration::from_secs(60);
+            endpoint.on_timeout(now);
+            server_datagrams(&mut endpoint);
+            prop_assert!(endpoint.is_empty(), "the handshake deadline ends whatever was opened");
+        }
+    }
+}

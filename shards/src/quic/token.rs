@@ -328,3 +328,48 @@ mod tests {
         assert_eq!(mint.mint(client(), &[0; 21], NOW, &mut out), None);
     }
 }
+
+/// Generated inputs for the token check: `scripts/fuzz.sh` runs every `fuzz_` test for longer.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn fuzz_token_check_refuses_what_it_did_not_mint(
+            token in proptest::collection::vec(any::<u8>(), 0..80),
+            v4 in any::<[u8; 4]>(),
+            now in 0u64..u64::MAX / 2,
+        ) {
+            let mut mint = TokenMint::new(&[3; 32], now);
+            let client = IpAddr::from(v4);
+            // Arbitrary bytes never validate (a 2^-128 forgery aside) and never panic.
+            let checked = mint.check(&token, client, now);
+            let valid = matches!(checked, TokenCheck::Valid { .. });
+            prop_assert!(!valid);
+        }
+
+        #[test]
+        fn fuzz_token_round_trip_and_any_flip_is_refused(
+            odcid in proptest::collection::vec(any::<u8>(), 0..=20),
+            v4 in any::<[u8; 4]>(),
+            now in 0u64..u64::MAX / 2,
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let mut mint = TokenMint::new(&[3; 32], now);
+            let client = IpAddr::from(v4);
+            let mut out = [0u8; MAX_TOKEN_LEN];
+            let n = mint.mint(client, &odcid, now, &mut out).unwrap();
+            prop_assert_eq!(
+                mint.check(&out[..n], client, now),
+                TokenCheck::Valid { original_dcid: &odcid[..] }
+            );
+            let mut forged = out[..n].to_vec();
+            let at = 1 + flip.index(n - 1);
+            forged[at] ^= 0x01;
+            let refused = matches!(mint.check(&forged, client, now), TokenCheck::Invalid(_));
+            prop_assert!(refused);
+        }
+    }
+}

@@ -163,5 +163,6 @@ fn assert_problem(problems: &[Problem], key: &str, fragment: &str) {
 
 mod acceptance;
 mod example;
+mod fuzz;
 mod parse_errors;
 mod semantic_errors;
