@@ -341,13 +341,7 @@ pub fn metric_sum(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str
         .sum()
 }
 
-/// Resident memory of process `pid`, in bytes (`VmRSS` of `/proc/PID/status`).
+/// Resident memory of process `pid`, in bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        .expect("VmRSS in /proc/PID/status")
-        * 1024
+    shards::procfs::rss_bytes(&pid.to_string()).expect("VmRSS in /proc/PID/status")
 }

@@ -128,16 +128,9 @@ impl OverloadManager {
     }
 }
 
-/// The process's resident memory (`VmRSS` of `/proc/self/status`), 0 if it cannot be read.
+/// The process's resident memory, 0 if it cannot be read (then no memory mark is reached).
 pub fn process_rss_bytes() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return 0;
-    };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
+    crate::procfs::rss_bytes("self").unwrap_or(0)
 }
 
 fn lower(stage: Stage) -> Stage {
