@@ -10,6 +10,7 @@ use spooky_bench::backend::{self, BackendOptions};
 use spooky_bench::client::{Body, ClientOptions, H3Client, Request, Verify};
 use spooky_bench::load::{parse_header, parse_seconds, LoadOptions};
 use spooky_bench::matrix::MatrixOptions;
+use spooky_bench::soak::SoakOptions;
 
 /// Spooky's HTTP/3 client, load generator, test backend and benchmark matrix.
 #[derive(clap::Parser)]
@@ -31,6 +32,9 @@ enum Command {
     Matrix(MatrixArgs),
     /// Nanoseconds per backend pick for each load-balancing type.
     PickCost(PickCostArgs),
+    /// Hours of mixed load, connection churn, a backend killed and restored and a reload each
+    /// period, recording Spooky's RSS, connections and errors (CSV, PNG chart, summary).
+    Soak(SoakArgs),
 }
 
 /// How the server's certificate is checked (one of the two is required where a URL is https).
@@ -129,6 +133,27 @@ struct MatrixArgs {
 }
 
 #[derive(clap::Args)]
+struct SoakArgs {
+    /// The spooky executable under test.
+    #[arg(long, value_name = "PATH")]
+    spooky: PathBuf,
+    #[arg(long, value_name = "DIR", default_value_os_t = spooky_bench::soak::default_out_dir())]
+    out: PathBuf,
+    /// Seconds to run.
+    #[arg(long, value_name = "S", default_value = "3600", value_parser = parse_seconds)]
+    duration: Duration,
+    /// Seconds between backend kills, and between reloads.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = parse_seconds)]
+    period: Duration,
+    /// Requests per second offered, across all clients.
+    #[arg(long, value_name = "R", default_value_t = 400.0)]
+    rate: f64,
+    /// The CPU Spooky is pinned to (default: the last).
+    #[arg(long, value_name = "N")]
+    proxy_cpu: Option<usize>,
+}
+
+#[derive(clap::Args)]
 struct PickCostArgs {
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     backends: u64,
@@ -144,6 +169,7 @@ fn main() -> ExitCode {
         Command::Load(args) => load(args),
         Command::Matrix(args) => matrix(args),
         Command::PickCost(args) => pick_cost(args),
+        Command::Soak(args) => soak(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -379,9 +405,11 @@ fn load(args: LoadArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn matrix(args: MatrixArgs) -> Result<(), Failure> {
+/// The proxy's CPU (`--proxy-cpu`, else the last) and the CPUs left for the load generator and
+/// the backends.
+fn split_cpus(proxy_cpu: Option<usize>) -> Result<(usize, Vec<usize>), Failure> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let proxy_cpu = args.proxy_cpu.unwrap_or(cpus.saturating_sub(1));
+    let proxy_cpu = proxy_cpu.unwrap_or(cpus.saturating_sub(1));
     if proxy_cpu >= cpus {
         return Err(Failure::Usage(format!(
             "--proxy-cpu {proxy_cpu} is not one of this machine's {cpus} CPUs"
@@ -389,9 +417,56 @@ fn matrix(args: MatrixArgs) -> Result<(), Failure> {
     }
     let mut load_cpus: Vec<usize> = (0..cpus).filter(|c| *c != proxy_cpu).collect();
     if load_cpus.is_empty() {
-        // One CPU: everything shares it; the report says so in its notes.
+        // One CPU: everything shares it; the matrix report says so in its notes.
         load_cpus.push(proxy_cpu);
     }
+    Ok((proxy_cpu, load_cpus))
+}
+
+/// This invocation as typed, for the reports.
+fn command_line() -> String {
+    std::iter::once("spooky-bench".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn soak(args: SoakArgs) -> Result<(), Failure> {
+    let (proxy_cpu, load_cpus) = split_cpus(args.proxy_cpu)?;
+    if !(args.rate.is_finite() && args.rate >= 1.0) {
+        return Err(Failure::Usage(format!(
+            "--rate {}: give at least 1 request per second",
+            args.rate
+        )));
+    }
+    if args.period < Duration::from_secs(6) {
+        return Err(Failure::Usage(
+            "--period must be at least 6 s (a backend is down for a sixth of it)".into(),
+        ));
+    }
+    let options = SoakOptions {
+        spooky: args.spooky,
+        bench: std::env::current_exe()
+            .map_err(|e| Failure::Run(format!("cannot find this executable: {e}")))?,
+        out_dir: args.out,
+        duration: args.duration,
+        period: args.period,
+        rate: args.rate,
+        proxy_cpu,
+        load_cpus,
+        command: command_line(),
+    };
+    let summary = spooky_bench::soak::run(&options).map_err(Failure::Run)?;
+    println!("{summary}");
+    println!(
+        "chart, samples and summary written to {}",
+        options.out_dir.display()
+    );
+    Ok(())
+}
+
+fn matrix(args: MatrixArgs) -> Result<(), Failure> {
+    let (proxy_cpu, load_cpus) = split_cpus(args.proxy_cpu)?;
     let options = MatrixOptions {
         spooky: args.spooky,
         bench: std::env::current_exe()
@@ -402,10 +477,7 @@ fn matrix(args: MatrixArgs) -> Result<(), Failure> {
         load_cpus,
         idle_connections: args.idle_connections,
         skip_caddy: args.no_caddy,
-        command: std::iter::once("spooky-bench".to_string())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" "),
+        command: command_line(),
     };
     let report = spooky_bench::matrix::run(&options).map_err(|e| Failure::Run(e.to_string()))?;
     println!("{report}");

@@ -1,4 +1,5 @@
-//! The benchmark tools' system calls (epoll with nanosecond timeouts, timerfd, timer slack): the
+//! The benchmark tools' system calls (epoll with nanosecond timeouts, timerfd, timer slack,
+//! signals): the
 //! only module of this package with `unsafe` code, each block with the reason it is sound.
 #![allow(unsafe_code)]
 
@@ -119,4 +120,16 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: the OwnedFd is a valid, open descriptor and stays owned (and open) by the AsyncFd
     // for its whole lifetime.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Sends `signal` to process `pid` (the soak's reloads: SIGHUP to Spooky).
+pub fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill(2) takes two integers and touches no memory of this process.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -69,6 +69,7 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
     let load_cpus = cpu_list(&options.load_cpus);
     let backend_port = targets::free_port()?;
     let backend = targets::start_backend(
+        "backend",
         &options.bench,
         &options.out_dir,
         backend_port,
@@ -86,6 +87,7 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
     )?;
     let http1_backend_port = targets::free_port()?;
     let http1_backend = targets::start_backend(
+        "backend-http1",
         &options.bench,
         &options.out_dir,
         http1_backend_port,

@@ -113,8 +113,10 @@ impl BackendProtocol {
     }
 }
 
-/// Starts `spooky-bench backend` (the executable at `bench`) on `port`.
+/// Starts `spooky-bench backend` (the executable at `bench`) on `port`, logging to
+/// `dir/NAME.log` and answering with `x-backend: NAME`.
 pub fn start_backend(
+    name: &'static str,
     bench: &Path,
     dir: &Path,
     port: u16,
@@ -124,20 +126,16 @@ pub fn start_backend(
 ) -> Result<Server, String> {
     let mut command = pinned(cpus, bench);
     command
-        .args(["backend", "--listen"])
+        .args(["backend", "--name", name, "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--threads", &threads.to_string()]);
-    let (name, log) = match protocol {
-        BackendProtocol::H2c => ("backend", "backend.log"),
-        BackendProtocol::Http1 => {
-            command.arg("--http1");
-            ("backend-http1", "backend-http1.log")
-        }
-    };
+    if protocol == BackendProtocol::Http1 {
+        command.arg("--http1");
+    }
     let server = spawn(
         name,
         command,
-        dir.join(log),
+        dir.join(format!("{name}.log")),
         format!("http://127.0.0.1:{port}"),
     )?;
     wait_until(Duration::from_secs(15), || {
@@ -157,11 +155,11 @@ pub fn start_spooky(
     cpu: usize,
 ) -> Result<Server, String> {
     let (backend_port, protocol) = backend;
-    let (name, file) = match protocol {
-        BackendProtocol::H2c => ("spooky", "spooky"),
-        BackendProtocol::Http1 => ("spooky-http1", "spooky-http1"),
+    let name = match protocol {
+        BackendProtocol::H2c => "spooky",
+        BackendProtocol::Http1 => "spooky-http1",
     };
-    let config = dir.join(format!("{file}.toml"));
+    let config = dir.join(format!("{name}.toml"));
     fs::write(
         &config,
         format!(
@@ -177,15 +175,28 @@ pub fn start_spooky(
         ),
     )
     .map_err(|e| e.to_string())?;
+    launch_spooky(name, binary, &config, dir, port, cpu)
+}
+
+/// Starts Spooky on `cpu` with the configuration file `config` (which listens on `port`),
+/// logging to `dir/NAME.log`, and waits until it answers over HTTP/3.
+pub fn launch_spooky(
+    name: &'static str,
+    binary: &Path,
+    config: &Path,
+    dir: &Path,
+    port: u16,
+    cpu: usize,
+) -> Result<Server, String> {
     let mut command = pinned(&cpu.to_string(), binary);
-    command.arg("--config").arg(&config);
+    command.arg("--config").arg(config);
     let server = spawn(
         name,
         command,
-        dir.join(format!("{file}.log")),
+        dir.join(format!("{name}.log")),
         format!("https://localhost:{port}"),
     )?;
-    wait_for_http3(port).map_err(|e| format!("spooky did not serve HTTP/3: {e}"))?;
+    wait_for_http3(port).map_err(|e| format!("{name} did not serve HTTP/3: {e}"))?;
     Ok(server)
 }
 
