@@ -651,11 +651,25 @@ fn an_initial_that_does_not_decrypt_leaves_no_connection() {
 
 /// Generated datagrams: `scripts/fuzz.sh` runs every `fuzz_` test for longer.
 mod fuzz {
+    use std::cell::RefCell;
+
     use super::*;
     use proptest::prelude::*;
 
-    fn shared_endpoint() -> Endpoint<Recorder> {
-        endpoint(Duration::from_secs(30)).0
+    thread_local! {
+        // One endpoint (a TLS context and keys) for all of a thread's cases: building it costs
+        // a hundred times more than a case, and every case must leave it empty anyway. No
+        // per-source rate, so that later cases reach the handshake, not the rate refusal.
+        static ENDPOINT: RefCell<Endpoint<Recorder>> = RefCell::new(
+            endpoint_with(QuicSettings {
+                idle_timeout: Duration::from_secs(30),
+                new_connection_rate: 0,
+                ..QuicSettings::default()
+            })
+            .0,
+        );
+        // A real client's first Initial, made once: the mutations start from it.
+        static INITIAL: Vec<u8> = client_datagrams(&mut client()).remove(0);
     }
 
     proptest! {
@@ -665,12 +679,14 @@ mod fuzz {
                 proptest::collection::vec(any::<u8>(), 0..1500), 1..16),
             handed_off in any::<bool>(),
         ) {
-            let mut endpoint = shared_endpoint();
-            for mut datagram in datagrams {
-                let _ = endpoint.recv(&mut datagram, client_addr(), handed_off);
-            }
-            server_datagrams(&mut endpoint);
-            prop_assert!(endpoint.is_empty());
+            ENDPOINT.with_borrow_mut(|endpoint| {
+                for mut datagram in datagrams {
+                    let _ = endpoint.recv(&mut datagram, client_addr(), handed_off);
+                }
+                server_datagrams(endpoint);
+                prop_assert!(endpoint.is_empty());
+                Ok(())
+            })?;
         }
 
         #[test]
@@ -678,20 +694,24 @@ mod fuzz {
             flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
             cut in any::<prop::sample::Index>(),
         ) {
-            let mut endpoint = shared_endpoint();
-            let mut client = client();
-            let mut initial = client_datagrams(&mut client).remove(0);
+            let mut initial = INITIAL.with(Vec::clone);
             for (at, value) in flips {
                 let i = at.index(initial.len());
                 initial[i] ^= value;
             }
             let keep = 1 + cut.index(initial.len());
-            let _ = endpoint.recv(&mut initial[..keep], client_addr(), false);
-            server_datagrams(&mut endpoint);
-            let now = Instant::now() + Duration::from_secs(60);
-            endpoint.on_timeout(now);
-            server_datagrams(&mut endpoint);
-            prop_assert!(endpoint.is_empty(), "the handshake deadline ends whatever was opened");
+            ENDPOINT.with_borrow_mut(|endpoint| {
+                let _ = endpoint.recv(&mut initial[..keep], client_addr(), false);
+                server_datagrams(endpoint);
+                let now = Instant::now() + Duration::from_secs(60);
+                endpoint.on_timeout(now);
+                server_datagrams(endpoint);
+                prop_assert!(
+                    endpoint.is_empty(),
+                    "the handshake deadline ends whatever was opened"
+                );
+                Ok(())
+            })?;
         }
     }
 }

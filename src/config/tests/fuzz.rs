@@ -51,21 +51,31 @@ fn line() -> impl Strategy<Value = String> {
     ]
 }
 
+thread_local! {
+    // Certificates for all of a thread's cases: generating them costs far more than a parse.
+    static SCRATCH: Scratch = Scratch::new();
+}
+
 proptest! {
     #[test]
     fn fuzz_config_text_gets_a_config_or_problems(
         lines in proptest::collection::vec(line(), 0..12),
         at in any::<prop::sample::Index>(),
     ) {
-        let s = Scratch::new();
-        let mut text: Vec<String> = s.minimal().lines().map(String::from).collect();
-        let insert = at.index(text.len() + 1);
-        for (i, line) in lines.into_iter().enumerate() {
-            text.insert((insert + i).min(text.len()), line);
-        }
-        match s.parse(&text.join("\n")) {
-            Ok(config) => prop_assert!(!config.plan().upstreams.is_empty()),
-            Err(e) => prop_assert!(!e.problems().is_empty()),
-        }
+        SCRATCH.with(|s| check(s, lines, at))?;
     }
+}
+
+/// Inserts the generated lines into a minimal valid file at `at` and loads it.
+fn check(s: &Scratch, lines: Vec<String>, at: prop::sample::Index) -> Result<(), TestCaseError> {
+    let mut text: Vec<String> = s.minimal().lines().map(String::from).collect();
+    let insert = at.index(text.len() + 1);
+    for (i, line) in lines.into_iter().enumerate() {
+        text.insert((insert + i).min(text.len()), line);
+    }
+    match s.parse(&text.join("\n")) {
+        Ok(config) => prop_assert!(!config.plan().upstreams.is_empty()),
+        Err(e) => prop_assert!(!e.problems().is_empty()),
+    }
+    Ok(())
 }
