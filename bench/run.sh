@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Runs the benchmark matrix on this machine: Spooky, Caddy (installed from Debian's packages when
-# missing, unless SPOOKY_BENCH_NO_CADDY=1) and the backend directly, under the same load, in one
-# run. Writes target/bench-report/report.md and results.json. Extra arguments go to
-# `spooky-bench matrix` (for example --duration 5 or --idle-connections 2000).
+# Runs the benchmark matrix on this machine: Spooky, HAProxy and nginx (built from Debian
+# trixie's sources by bench/peers.sh when missing, unless SPOOKY_BENCH_NO_PEERS=1), Caddy
+# (installed from Debian's packages when missing, unless SPOOKY_BENCH_NO_CADDY=1) and the
+# backend directly, under the same load, in one run. Writes target/bench-report/report.md and
+# results.json. Extra arguments go to `spooky-bench matrix` (for example --duration 5 or
+# --idle-connections 2000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+
+extra=()
+if [[ "${SPOOKY_BENCH_NO_PEERS:-0}" != 1 ]]; then
+  bench/peers.sh
+  extra+=(--haproxy target/peers/bin/haproxy --nginx target/peers/bin/nginx)
+fi
 
 if [[ "${SPOOKY_BENCH_NO_CADDY:-0}" != 1 ]] && ! command -v caddy >/dev/null 2>&1; then
   sudo_cmd=()
@@ -27,7 +35,6 @@ cargo build --release -p spooky -p spooky-bench
 # The idle-connections scenario holds one UDP socket per client connection.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-extra=()
 if [[ "${SPOOKY_BENCH_NO_CADDY:-0}" == 1 ]]; then
   extra+=(--no-caddy)
 fi

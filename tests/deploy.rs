@@ -315,12 +315,16 @@ fn scripts_are_shellcheck_clean() {
     }
     let out = Command::new("shellcheck")
         .args([
+            "-x",
             "scripts/install.sh",
             "scripts/tune-kernel.sh",
             "scripts/setup.sh",
             "scripts/test.sh",
             "scripts/demo.sh",
+            "scripts/fuzz.sh",
             "bench/run.sh",
+            "bench/soak.sh",
+            "bench/peers.sh",
             "bench/instructions.sh",
         ])
         .current_dir(repo())

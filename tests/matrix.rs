@@ -31,11 +31,14 @@ fn matrix_runs_every_scenario_and_writes_the_report() {
         load_cpus,
         idle_connections: 40,
         skip_caddy: true,
+        haproxy: None,
+        nginx: None,
         command: "test".into(),
     };
     let report = matrix::run(&options).unwrap();
     for section in [
         "small-max",
+        "small-2000",
         "small-half-rate",
         "download-100MB",
         "upload-10MB",
@@ -78,5 +81,5 @@ fn matrix_runs_every_scenario_and_writes_the_report() {
     assert!(report.contains("| RSS per idle QUIC connection (40 connections) |"));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    assert_eq!(json["sections"].as_array().unwrap().len(), 6);
+    assert_eq!(json["sections"].as_array().unwrap().len(), 7);
 }

@@ -28,7 +28,8 @@ enum Command {
     Backend(BackendArgs),
     /// HTTP/3 load (https:// URLs) or HTTP/2 cleartext load (http:// URLs).
     Load(LoadArgs),
-    /// The benchmark scenarios against Spooky, Caddy and the backend, with a report.
+    /// The benchmark scenarios against Spooky, HAProxy, nginx, Caddy and the backend, with a
+    /// report.
     Matrix(MatrixArgs),
     /// Nanoseconds per backend pick for each load-balancing type.
     PickCost(PickCostArgs),
@@ -130,6 +131,12 @@ struct MatrixArgs {
     /// Leave Caddy out even when it is installed.
     #[arg(long)]
     no_caddy: bool,
+    /// An HAProxy 3.0 executable with QUIC (bench/peers.sh builds one): adds HAProxy rows.
+    #[arg(long, value_name = "PATH")]
+    haproxy: Option<PathBuf>,
+    /// An nginx 1.26 executable with HTTP/3 (bench/peers.sh builds one): adds nginx rows.
+    #[arg(long, value_name = "PATH")]
+    nginx: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -477,6 +484,8 @@ fn matrix(args: MatrixArgs) -> Result<(), Failure> {
         load_cpus,
         idle_connections: args.idle_connections,
         skip_caddy: args.no_caddy,
+        haproxy: args.haproxy,
+        nginx: args.nginx,
         command: command_line(),
     };
     let report = spooky_bench::matrix::run(&options).map_err(|e| Failure::Run(e.to_string()))?;

@@ -145,12 +145,14 @@ fn ticks(max: f64, headroom: bool) -> Vec<f64> {
     let step = [1.0, 2.0, 5.0, 10.0]
         .into_iter()
         .map(|m| m * magnitude)
-        .find(|step| max / step <= 6.0)
+        .find(|step| max / step <= 6.01)
         .unwrap_or(10.0 * magnitude);
+    // A time axis that overshoots its last tick by a hair (a 3,600.4 s run) ends at that tick
+    // rather than adding a whole empty step.
     let count = if headroom {
         (max / step).floor() as usize + 1
     } else {
-        (max / step - 1e-9).ceil().max(1.0) as usize
+        (max / step - 0.01).ceil().max(1.0) as usize
     };
     (0..=count).map(|i| i as f64 * step).collect()
 }
@@ -246,6 +248,10 @@ mod tests {
         );
         assert_eq!(
             labels(60.0, false),
+            ["0", "10", "20", "30", "40", "50", "60"]
+        );
+        assert_eq!(
+            labels(60.01, false),
             ["0", "10", "20", "30", "40", "50", "60"]
         );
         assert_eq!(labels(0.7, true), ["0", "0.2", "0.4", "0.6", "0.8"]);

@@ -23,7 +23,9 @@ pub fn client_config(
     }
     config.set_application_protos(quiche::h3::APPLICATION_PROTOCOL)?;
     config.set_max_idle_timeout(idle_timeout.as_millis() as u64);
-    config.set_max_recv_udp_payload_size(65_535);
+    // The largest UDP payload there is (RFC 9000 §18.2, max_udp_payload_size); nginx closes a
+    // connection whose client announces more.
+    config.set_max_recv_udp_payload_size(65_527);
     config.set_max_send_udp_payload_size(1350);
     config.set_initial_max_data(64 * 1024 * 1024);
     config.set_initial_max_stream_data_bidi_local(16 * 1024 * 1024);

@@ -1,5 +1,5 @@
-//! `spooky-bench matrix`: the benchmark scenario matrix, run against Spooky, Caddy (when
-//! installed) and the backend directly, in one run on one machine, written up as a markdown
+//! `spooky-bench matrix`: the benchmark scenario matrix, run against Spooky, HAProxy and nginx
+//! (when given), Caddy (when installed) and the backend directly, in one run on one machine, written up as a markdown
 //! report plus the raw results as JSON. Spooky is measured twice where requests reach the
 //! backend: with the h2c backend every target uses, and (`spooky-http1`) with the same backend
 //! program speaking HTTP/1.1, so the report gives the cost of each backend protocol.
@@ -35,6 +35,9 @@ pub struct MatrixOptions {
     pub load_cpus: Vec<usize>,
     pub idle_connections: usize,
     pub skip_caddy: bool,
+    /// HAProxy and nginx executables (`bench/peers.sh` builds them); no rows without.
+    pub haproxy: Option<PathBuf>,
+    pub nginx: Option<PathBuf>,
     pub command: String,
 }
 
@@ -114,6 +117,28 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
             options.proxy_cpu,
         )?
     };
+    let haproxy = match &options.haproxy {
+        Some(binary) => Some(targets::start_haproxy(
+            binary,
+            &options.out_dir,
+            &certificate,
+            targets::free_port()?,
+            backend_port,
+            options.proxy_cpu,
+        )?),
+        None => None,
+    };
+    let nginx = match &options.nginx {
+        Some(binary) => Some(targets::start_nginx(
+            binary,
+            &options.out_dir,
+            &certificate,
+            targets::free_port()?,
+            http1_backend_port,
+            options.proxy_cpu,
+        )?),
+        None => None,
+    };
     let mut notes = vec![format!(
         "Proxy pinned to CPU {}; load generator and backend on CPUs {load_cpus}. Caddy: {}.",
         options.proxy_cpu,
@@ -122,6 +147,22 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
             None => "not installed or skipped, no Caddy rows".to_string(),
         }
     )];
+    notes.push(format!(
+        "HAProxy: {}. nginx: {}.",
+        match &haproxy {
+            Some(_) =>
+                "3.0 built by bench/peers.sh, `nbthread 1`, QUIC over its OpenSSL \
+                        compatibility layer, `proto h2` to the h2c backend",
+            None => "not given (--haproxy), no HAProxy rows",
+        },
+        match &nginx {
+            Some(_) =>
+                "1.26 built by bench/peers.sh, one process, HTTP/3, HTTP/1.1 keep-alive \
+                        (64 idle connections) to the HTTP/1.1 backend, as nginx proxies only \
+                        over HTTP/1.x",
+            None => "not given (--nginx), no nginx rows",
+        }
+    ));
     notes.push(
         "spooky-http1 is the same Spooky build with `protocol = \"http/1.1\"`, in front of the \
          same backend program in its HTTP/1.1 mode (`spooky-bench backend --http1`); the other \
@@ -157,6 +198,14 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
             only_backend_bound: true,
         },
     ];
+    for peer in [&haproxy, &nginx].into_iter().flatten() {
+        proxies.push(Endpoint {
+            name: peer.name,
+            server: peer,
+            tcp: false,
+            only_backend_bound: false,
+        });
+    }
     if let Some(caddy) = &caddy {
         proxies.push(Endpoint {
             name: caddy.name,
@@ -188,6 +237,26 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
     sections.push(section);
     let half_rate = (spooky_max / 2.0).max(100.0);
     let scenarios = vec![
+        Scenario {
+            name: "small-2000",
+            description: "1 KiB GET responses, open loop at a constant 2,000 requests/s over 32 \
+                          connections: the cost of a request at a moderate rate, where event \
+                          loops sleep and wake between requests."
+                .into(),
+            direct: true,
+            tcp: true,
+            options: Box::new(move |url| {
+                load_options(
+                    url,
+                    "/bytes/1024",
+                    threads,
+                    32,
+                    8,
+                    Some(duration),
+                    Some(2000.0),
+                )
+            }),
+        },
         Scenario {
             name: "small-half-rate",
             description: format!(
@@ -284,6 +353,8 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
     .map_err(|e| e.to_string())?;
     std::fs::write(options.out_dir.join("results.json"), json).map_err(|e| e.to_string())?;
     drop(caddy);
+    drop(nginx);
+    drop(haproxy);
     drop(spooky_http1);
     drop(spooky);
     drop(http1_backend);

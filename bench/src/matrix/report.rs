@@ -1,5 +1,6 @@
 //! The benchmark report: one markdown table per scenario, a row per target, and the ratios the
-//! project's targets are stated in (Spooky against Caddy, and against going direct).
+//! project's targets are stated in (Spooky against HAProxy, nginx and Caddy, and against going
+//! direct).
 
 use std::fmt::Write;
 
@@ -223,6 +224,118 @@ fn summary(out: &mut String, sections: &[Section]) {
         }
     }
     let _ = writeln!(out);
+    peers(out, sections);
+}
+
+/// The proxies Spooky is measured against, in report order.
+const PEERS: [(&str, &str); 3] = [
+    ("haproxy", "HAProxy"),
+    ("nginx", "nginx"),
+    ("caddy", "Caddy"),
+];
+/// The ones the targets name: Spooky is to beat the better of these two.
+const EDGE_PEERS: [&str; 2] = ["haproxy", "nginx"];
+
+/// One figure per scenario for Spooky and each peer in this run, and how far ahead Spooky is
+/// of the better of HAProxy and nginx (above 1 means ahead; the targets ask for 1.5 on CPU per
+/// request and 2 on bulk transfer and handshakes).
+fn peers(out: &mut String, sections: &[Section]) {
+    let present: Vec<(&str, &str)> = PEERS
+        .into_iter()
+        .filter(|(target, _)| sections.iter().any(|s| s.row(target).is_some()))
+        .collect();
+    if present.is_empty() {
+        return;
+    }
+    type Figure = fn(&Row) -> Option<f64>;
+    // (scenario, what, unit, figure, whether lower is better)
+    let figures: [(&str, &str, &str, Figure, bool); 6] = [
+        (
+            "small-max",
+            "CPU per 1 KiB request, max rate",
+            "µs",
+            Row::cpu_us_per_request,
+            true,
+        ),
+        (
+            "small-2000",
+            "CPU per 1 KiB request at 2,000 req/s",
+            "µs",
+            Row::cpu_us_per_request,
+            true,
+        ),
+        (
+            "small-half-rate",
+            "CPU per 1 KiB request at half of Spooky's max",
+            "µs",
+            Row::cpu_us_per_request,
+            true,
+        ),
+        (
+            "download-100MB",
+            "100 MB download per CPU-second",
+            "Gbit/s",
+            Row::gbit_per_cpu_second,
+            false,
+        ),
+        (
+            "handshakes",
+            "CPU per new connection",
+            "µs",
+            Row::cpu_us_per_request,
+            true,
+        ),
+        (
+            "idle-connections",
+            "RSS per idle connection",
+            "KB",
+            |r| r.rss_per_connection().map(|b| b / 1e3),
+            true,
+        ),
+    ];
+    let _ = writeln!(out, "## Against the peers\n");
+    let mut head = String::from("| figure | Spooky |");
+    let mut rule = String::from("|---|---|");
+    for (_, title) in &present {
+        let _ = write!(head, " {title} |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(
+        out,
+        "{head} Spooky's lead over the better of HAProxy and nginx |\n{rule}---|"
+    );
+    for (scenario, what, unit, figure, lower_is_better) in figures {
+        let Some(section) = sections.iter().find(|s| s.name == scenario) else {
+            continue;
+        };
+        let value = |target: &str| section.row(target).and_then(figure);
+        let Some(spooky) = value("spooky") else {
+            continue;
+        };
+        let mut line = format!("| {what} ({unit}) | {spooky:.1} |");
+        for (target, _) in &present {
+            let _ = write!(line, " {} |", opt(value(target), 1));
+        }
+        let edge: Vec<f64> = EDGE_PEERS.iter().filter_map(|t| value(t)).collect();
+        let best = if lower_is_better {
+            edge.iter().copied().reduce(f64::min)
+        } else {
+            edge.iter().copied().reduce(f64::max)
+        };
+        let lead = best.filter(|_| spooky > 0.0).map(|best| {
+            if lower_is_better {
+                best / spooky
+            } else {
+                spooky / best
+            }
+        });
+        let _ = writeln!(
+            out,
+            "{line} {} |",
+            opt(lead, 2).replace('–', "– (no peer row)")
+        );
+    }
+    let _ = writeln!(out);
 }
 
 #[cfg(test)]
@@ -302,6 +415,64 @@ mod tests {
         );
         assert!(
             text.contains("over direct at half of max rate | 30 µs"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_lead_is_over_the_better_of_haproxy_and_nginx() {
+        let download = |target: &str, cpu: f64| {
+            let mut r = row(target, 1, Some(cpu), 0.0);
+            r.body_bytes = 1_000_000_000;
+            r
+        };
+        let sections = vec![
+            Section {
+                name: "small-max".into(),
+                description: "d".into(),
+                rows: vec![
+                    row("spooky", 100_000, Some(2.0), 0.0),
+                    row("haproxy", 100_000, Some(2.5), 0.0),
+                    row("nginx", 100_000, Some(3.0), 0.0),
+                    row("caddy", 100_000, Some(9.0), 0.0),
+                ],
+            },
+            Section {
+                name: "download-100MB".into(),
+                description: "d".into(),
+                // 8 Gbit moved: 4 Gbit/s per CPU-second for Spooky, 2.0 and 1.6 for the peers.
+                rows: vec![
+                    download("spooky", 2.0),
+                    download("haproxy", 4.0),
+                    download("nginx", 5.0),
+                ],
+            },
+        ];
+        let info = RunInfo {
+            date: "today".into(),
+            machine: "m".into(),
+            command: "c".into(),
+            notes: vec![],
+        };
+        let text = markdown(&info, &sections);
+        assert!(
+            text.contains(
+                "| figure | Spooky | HAProxy | nginx | Caddy | Spooky's lead over the better of \
+                 HAProxy and nginx |"
+            ),
+            "{text}"
+        );
+        // 20 µs against HAProxy's 25 (nginx 30, Caddy 90 do not count): 1.25.
+        assert!(
+            text.contains(
+                "| CPU per 1 KiB request, max rate (µs) | 20.0 | 25.0 | 30.0 | 90.0 | 1.25 |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| 100 MB download per CPU-second (Gbit/s) | 4.0 | 2.0 | 1.6 | – | 2.00 |"
+            ),
             "{text}"
         );
     }

@@ -1,9 +1,10 @@
-//! The processes a benchmark run measures: the HTTP/2 backend, Spooky, and Caddy when it is
-//! installed, each pinned with `taskset` so that runs are comparable.
+//! The processes a benchmark run measures: the HTTP/2 backend, Spooky, HAProxy and nginx when
+//! `bench/peers.sh` has built them, and Caddy when it is installed, each pinned with `taskset`
+//! so that runs are comparable.
 //!
-//! Both proxies get the same CPU, the same certificate and the same backend; the backend and the
-//! load generator share the other CPUs. Caddy runs with `GOMAXPROCS=1` so that it, like a
-//! one-shard Spooky, uses one core.
+//! Every proxy gets the same CPU, the same certificate and the same backend program; the backend
+//! and the load generator share the other CPUs. Each is held to one core as a one-shard Spooky
+//! is: HAProxy with `nbthread 1`, nginx as one process, Caddy with `GOMAXPROCS=1`.
 
 use std::fs;
 use std::io;
@@ -240,6 +241,120 @@ pub fn start_caddy(
     )?;
     wait_for_http3(port).map_err(|e| format!("caddy did not serve HTTP/3: {e}"))?;
     Ok(Some(server))
+}
+
+/// Starts HAProxy (built by `bench/peers.sh`) as an HTTP/3 proxy to the h2c backend: one
+/// thread on `cpu`, QUIC through its OpenSSL compatibility layer (`limited-quic`).
+pub fn start_haproxy(
+    binary: &Path,
+    dir: &Path,
+    certificate: &Certificate,
+    port: u16,
+    backend_port: u16,
+    cpu: usize,
+) -> Result<Server, String> {
+    // HAProxy takes the certificate and its key from one file.
+    let pem = dir.join("haproxy.pem");
+    let mut both = fs::read(&certificate.cert).map_err(|e| e.to_string())?;
+    both.extend(fs::read(&certificate.key).map_err(|e| e.to_string())?);
+    fs::write(&pem, both).map_err(|e| e.to_string())?;
+    let config = dir.join("haproxy.cfg");
+    // No `maxconn`: HAProxy then sizes it to the file descriptor limit (QUIC connections each
+    // own a socket by default), where a fixed figure above that limit stops it at start.
+    let text = [
+        "global".to_string(),
+        "    nbthread 1".into(),
+        "    limited-quic".into(),
+        "defaults".into(),
+        "    mode http".into(),
+        "    timeout connect 5s".into(),
+        "    timeout client 60s".into(),
+        "    timeout server 60s".into(),
+        "frontend h3".into(),
+        format!(
+            "    bind quic4@127.0.0.1:{port} ssl crt {} alpn h3",
+            pem.display()
+        ),
+        "    default_backend h2c".into(),
+        "backend h2c".into(),
+        format!("    server backend 127.0.0.1:{backend_port} proto h2"),
+    ];
+    fs::write(&config, text.join("\n") + "\n").map_err(|e| e.to_string())?;
+    let mut command = pinned(&cpu.to_string(), binary);
+    command.arg("-db").arg("-f").arg(&config);
+    let server = spawn(
+        "haproxy",
+        command,
+        dir.join("haproxy.log"),
+        format!("https://localhost:{port}"),
+    )?;
+    wait_for_http3(port).map_err(|e| format!("haproxy did not serve HTTP/3: {e}"))?;
+    Ok(server)
+}
+
+/// Starts nginx (built by `bench/peers.sh`) as an HTTP/3 proxy to the HTTP/1.1 backend over
+/// keep-alive connections (nginx proxies to HTTP/1.x only): one process (`master_process off`)
+/// on `cpu`.
+pub fn start_nginx(
+    binary: &Path,
+    dir: &Path,
+    certificate: &Certificate,
+    port: u16,
+    http1_backend_port: u16,
+    cpu: usize,
+) -> Result<Server, String> {
+    let prefix = dir.join("nginx");
+    fs::create_dir_all(prefix.join("logs")).map_err(|e| e.to_string())?;
+    let config = prefix.join("nginx.conf");
+    let prefix_text = prefix.display();
+    let text = [
+        "daemon off;".to_string(),
+        "master_process off;".into(),
+        "worker_processes 1;".into(),
+        format!("error_log {prefix_text}/logs/error.log warn;"),
+        format!("pid {prefix_text}/nginx.pid;"),
+        "events { worker_connections 65536; }".into(),
+        "http {".into(),
+        "    access_log off;".into(),
+        "    client_max_body_size 0;".into(),
+        format!("    client_body_temp_path {prefix_text}/body;"),
+        format!("    proxy_temp_path {prefix_text}/proxy;"),
+        "    upstream backend {".into(),
+        format!("        server 127.0.0.1:{http1_backend_port};"),
+        "        keepalive 64;".into(),
+        "    }".into(),
+        "    server {".into(),
+        format!("        listen 127.0.0.1:{port} quic reuseport;"),
+        "        http3 on;".into(),
+        "        http3_max_concurrent_streams 1000;".into(),
+        format!("        ssl_certificate {};", certificate.cert.display()),
+        format!("        ssl_certificate_key {};", certificate.key.display()),
+        "        ssl_protocols TLSv1.3;".into(),
+        "        location / {".into(),
+        "            proxy_pass http://backend;".into(),
+        "            proxy_http_version 1.1;".into(),
+        "            proxy_set_header Connection \"\";".into(),
+        "        }".into(),
+        "    }".into(),
+        "}".into(),
+    ];
+    fs::write(&config, text.join("\n") + "\n").map_err(|e| e.to_string())?;
+    let mut command = pinned(&cpu.to_string(), binary);
+    command
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-e")
+        .arg(prefix.join("logs").join("error.log"))
+        .arg("-c")
+        .arg(&config);
+    let server = spawn(
+        "nginx",
+        command,
+        dir.join("nginx.log"),
+        format!("https://localhost:{port}"),
+    )?;
+    wait_for_http3(port).map_err(|e| format!("nginx did not serve HTTP/3: {e}"))?;
+    Ok(server)
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {

@@ -303,7 +303,9 @@ pub fn run(options: &SoakOptions) -> Result<String, String> {
     let run = Run {
         samples: &samples,
         warm_up_seconds: (seconds / 6.0).min(300.0),
-        window_seconds: period,
+        // Long enough that RSS spikes (a burst of 1 MiB responses in flight) do not decide
+        // the median: five minutes in an hour's run, never less than a period.
+        window_seconds: (seconds / 12.0).clamp(period, 300.0),
         outages: &outages,
         reloads_sent,
         errors_by_kind: &kinds,
