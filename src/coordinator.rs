@@ -64,8 +64,15 @@ impl Coordinator {
             return;
         }
         *slot = healthy;
+        // Named as the configuration names them (the plan the view holds is the current one,
+        // since reports of older generations were dropped above).
+        let names = self.view.lock().ok().and_then(|view| {
+            let pool = view.plan.upstreams.get(upstream)?;
+            Some((pool.name.clone(), pool.backends.get(backend)?.id.clone()))
+        });
+        let (pool, id) = names.unwrap_or_else(|| (upstream.to_string(), backend.to_string()));
         log::warn!(
-            "backend {upstream}/{backend} is now {}",
+            "backend {id} of upstream {pool} is now {}",
             if healthy { "healthy" } else { "unhealthy" }
         );
         self.publish_health(self.healthy.clone());
