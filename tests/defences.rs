@@ -300,6 +300,49 @@ fn memory_held_by_a_flood_goes_back_when_it_ends() {
     assert!(settled, "the memory did not go back to the system");
 }
 
+/// Garbage datagrams Spooky has counted under a drop or refusal reason (or answered with
+/// Version Negotiation or Retry).
+fn garbage_counted(stats: &shards::ShardStats) -> u64 {
+    let r = &stats.refusals;
+    stats.datagrams_dropped_malformed.get()
+        + stats.datagrams_dropped_unknown.get()
+        + stats.datagrams_dropped_foreign_id.get()
+        + stats.version_negotiations.get()
+        + stats.retries_sent.get()
+        + r.too_small.get()
+        + r.source_rate.get()
+        + r.handshake_limit.get()
+        + r.connection_limit.get()
+}
+
+/// What Spooky counted plus what the kernel dropped before Spooky could read it.
+fn garbage_accounted(stats: &shards::ShardStats, port: u16) -> u64 {
+    garbage_counted(stats) + udp_socket_drops(port)
+}
+
+/// The kernel's receive drops (buffer full) of the UDP sockets bound to `port`: the last
+/// column of /proc/net/udp and /proc/net/udp6.
+fn udp_socket_drops(port: u16) -> u64 {
+    let mut drops = 0;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                drops += fields
+                    .last()
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    drops
+}
+
 /// The `per_cent` percentile of `samples`, in microseconds.
 fn percentile(samples: &mut [u128], per_cent: usize) -> u128 {
     samples.sort_unstable();
@@ -324,7 +367,6 @@ fn a_million_garbage_datagrams_leave_no_state_and_are_counted_honestly() {
     let mut quiet: Vec<u128> = (0..1000).map(|_| timed(&mut client)).collect();
     let (quiet_p50, quiet_p99) = (percentile(&mut quiet, 50), percentile(&mut quiet, 99));
 
-    let received_before = stats.datagrams_received.get();
     let server = proxy.running.local_addr();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
@@ -347,11 +389,12 @@ fn a_million_garbage_datagrams_leave_no_state_and_are_counted_honestly() {
                     total += batch.datagrams;
                     // 100,000 datagrams a second, a third of what the shard can drop flat out
                     // here: a flood the shard absorbs, rather than a queue every request waits
-                    // behind. Paced also by what the shard has read, so that the kernel's
-                    // socket buffer never overflows and every datagram is accounted for.
+                    // behind. Paced also by what has been accounted for (not by datagrams
+                    // read, which include the real client's), so that no more than 500 wait
+                    // in the kernel's socket buffer even when the shard is starved of CPU.
                     let due = began + Duration::from_micros(total * 10);
                     std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                    while stats.datagrams_received.get() - received_before + 2_000 < total {
+                    while garbage_accounted(&stats, server.port()) + 500 < total {
                         std::thread::yield_now();
                     }
                 }
@@ -368,27 +411,22 @@ fn a_million_garbage_datagrams_leave_no_state_and_are_counted_honestly() {
     let (sent, total) = sender.join().unwrap();
     assert!(total >= 1_000_000);
     assert!(
-        eventually(Duration::from_secs(10), || stats.datagrams_received.get()
-            - received_before
-            >= total),
-        "the shard read {} of {total}",
-        stats.datagrams_received.get() - received_before
+        eventually(Duration::from_secs(10), || garbage_accounted(
+            &stats,
+            server.port()
+        ) >= total),
+        "{} of {total} accounted for",
+        garbage_accounted(&stats, server.port())
     );
+    let kernel_drops = udp_socket_drops(server.port());
     let (during_p50, during_p99) = (percentile(&mut during, 50), percentile(&mut during, 99));
     let r = &stats.refusals;
-    let counted = stats.datagrams_dropped_malformed.get()
-        + stats.datagrams_dropped_unknown.get()
-        + stats.datagrams_dropped_foreign_id.get()
-        + stats.version_negotiations.get()
-        + stats.retries_sent.get()
-        + r.too_small.get()
-        + r.source_rate.get()
-        + r.handshake_limit.get()
-        + r.connection_limit.get();
+    let counted = garbage_counted(&stats);
     eprintln!(
         "garbage: {total} datagrams ({sent:?}); malformed {}, unknown {}, foreign_id {}, \
-         version negotiation {}, retries {}, too small {}, source rate {}; \
-         p50/p99 quiet {quiet_p50}/{quiet_p99} us, during {during_p50}/{during_p99} us over {} requests",
+         version negotiation {}, retries {}, too small {}, source rate {}, dropped by the \
+         kernel {kernel_drops}; p50/p99 quiet {quiet_p50}/{quiet_p99} us, during \
+         {during_p50}/{during_p99} us over {} requests",
         stats.datagrams_dropped_malformed.get(),
         stats.datagrams_dropped_unknown.get(),
         stats.datagrams_dropped_foreign_id.get(),
@@ -398,7 +436,19 @@ fn a_million_garbage_datagrams_leave_no_state_and_are_counted_honestly() {
         r.source_rate.get(),
         during.len()
     );
-    assert_eq!(counted, total, "every datagram is counted under one reason");
+    // Each datagram is counted under one of Spooky's reasons, or, if the kernel's receive
+    // buffer overflowed while the shard was starved of CPU, in the kernel's own drop counter
+    // for the socket (what `netstat -su` shows an operator; it also holds any of the real
+    // client's datagrams dropped there). The pacing keeps the kernel's share rare.
+    assert!(
+        counted <= total && counted + kernel_drops >= total,
+        "every datagram is counted under one reason: {counted} counted, {kernel_drops} \
+         dropped by the kernel, {total} sent"
+    );
+    assert!(
+        kernel_drops * 100 <= total,
+        "{kernel_drops} dropped by the kernel"
+    );
     assert!(stats.datagrams_dropped_foreign_id.get() > 0);
     assert!(stats.datagrams_dropped_malformed.get() > 0);
     assert!(stats.version_negotiations.get() > 0);
