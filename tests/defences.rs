@@ -14,6 +14,18 @@ use spooky_bench::flood;
 
 const MB: f64 = 1024.0 * 1024.0;
 
+/// Held by each test for its whole run. Every test here floods a shard or measures one under a
+/// flood (memory, latency, counters); run side by side on two CPUs they starve each other's
+/// shards and each other's real clients, so one test's flood becomes another's timing noise.
+static ONE_FLOOD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed while holding the lock poisons it; the next test still runs alone.
+    ONE_FLOOD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The `spooky` binary (its own process, so that its memory is measured alone) with one pool
 /// and `extra` settings, after a first request has warmed it (pools, TLS tables), and its
 /// resident memory then.
@@ -29,6 +41,7 @@ fn warmed_process(label: &str, backend: &BackendHandle, extra: &str) -> (SpookyP
 
 #[test]
 fn a_real_client_completes_through_retry_always() {
+    let _alone = alone();
     let backend = start_backend("retry-always");
     let proxy = Proxy::single_pool("retry-always", &[&backend], "[quic]\nretry = \"always\"\n");
     let mut client = proxy.client();
@@ -48,6 +61,7 @@ fn a_real_client_completes_through_retry_always() {
 
 #[test]
 fn a_handshake_flood_stays_bounded_and_a_real_client_gets_through() {
+    let _alone = alone();
     let backend = start_backend("flood");
     let (spooky, start_rss) = warmed_process("flood", &backend, "");
     let pid = spooky.child.id();
@@ -133,6 +147,7 @@ fn a_handshake_flood_stays_bounded_and_a_real_client_gets_through() {
 
 #[test]
 fn overload_sheds_requests_then_recovers() {
+    let _alone = alone();
     let backend = start_backend("overload-requests");
     let proxy = Proxy::single_pool(
         "overload-requests",
@@ -186,6 +201,7 @@ fn overload_sheds_requests_then_recovers() {
 
 #[test]
 fn overload_retries_then_refuses_new_connections_then_recovers() {
+    let _alone = alone();
     let backend = start_backend("overload-connections");
     let proxy = Proxy::single_pool(
         "overload-connections",
@@ -265,6 +281,7 @@ fn overload_retries_then_refuses_new_connections_then_recovers() {
 
 #[test]
 fn memory_held_by_a_flood_goes_back_when_it_ends() {
+    let _alone = alone();
     let backend = start_backend("flood-memory");
     // Retry off: each Initial of the flood becomes a half-open connection with its TLS state,
     // about 30 KB, until the handshake deadline ends it. All come from 127.0.0.1, so the
@@ -351,6 +368,7 @@ fn percentile(samples: &mut [u128], per_cent: usize) -> u128 {
 
 #[test]
 fn a_million_garbage_datagrams_leave_no_state_and_are_counted_honestly() {
+    let _alone = alone();
     let backend = start_backend("garbage");
     let proxy = Proxy::single_pool("garbage", &[&backend], "");
     let stats = proxy.running.shard_stats()[0].clone();
