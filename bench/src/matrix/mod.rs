@@ -159,10 +159,18 @@ pub fn run(options: &MatrixOptions) -> Result<String, String> {
             Some(_) =>
                 "1.26 built by bench/peers.sh, one process, HTTP/3, HTTP/1.1 keep-alive \
                         (64 idle connections) to the HTTP/1.1 backend, as nginx proxies only \
-                        over HTTP/1.x",
+                        over HTTP/1.x; `keepalive_requests` raised so that client connections \
+                        are not closed after 1,000 requests, uploads streamed \
+                        (`proxy_request_buffering off`)",
             None => "not given (--nginx), no nginx rows",
         }
     ));
+    notes.push(
+        "Spooky: one shard, `max_concurrent_streams = 1000`, and `new_connection_rate = 0`: \
+         every benchmark client comes from 127.0.0.1, which the default per-address limit of \
+         200 new connections a second would throttle."
+            .into(),
+    );
     notes.push(
         "spooky-http1 is the same Spooky build with `protocol = \"http/1.1\"`, in front of the \
          same backend program in its HTTP/1.1 mode (`spooky-bench backend --http1`); the other \

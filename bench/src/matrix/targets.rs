@@ -147,6 +147,8 @@ pub fn start_backend(
 }
 
 /// Starts Spooky with one shard on `cpu`, forwarding everything to the backend over `protocol`.
+/// The per-address new-connection limit is off: every benchmark client comes from 127.0.0.1, and
+/// the peers have no such limit by default.
 pub fn start_spooky(
     binary: &Path,
     dir: &Path,
@@ -167,7 +169,7 @@ pub fn start_spooky(
             "[listen]\naddress = \"127.0.0.1\"\nport = {port}\n\
              tls = {{ cert = {:?}, key = {:?} }}\n\n\
              [runtime]\ncores = [{cpu}]\n\n\
-             [quic]\nmax_concurrent_streams = 1000\n\n\
+             [quic]\nmax_concurrent_streams = 1000\nnew_connection_rate = 0\n\n\
              [upstream.main]\nroute = {{ path_prefix = \"/\" }}\nprotocol = \"{}\"\n\n\
              [[upstream.main.backends]]\nid = \"backend\"\naddress = \"127.0.0.1:{backend_port}\"\n",
             certificate.cert.display().to_string(),
@@ -316,6 +318,12 @@ pub fn start_nginx(
         "events { worker_connections 65536; }".into(),
         "http {".into(),
         "    access_log off;".into(),
+        // nginx closes a connection (HTTP/3 included) after 1,000 requests by default, and the
+        // requests in flight on it fail; the other proxies keep connections for their life.
+        "    keepalive_requests 1000000000;".into(),
+        // Stream uploads to the backend as the other proxies do, rather than spooling each body
+        // to a temporary file first.
+        "    proxy_request_buffering off;".into(),
         "    client_max_body_size 0;".into(),
         format!("    client_body_temp_path {prefix_text}/body;"),
         format!("    proxy_temp_path {prefix_text}/proxy;"),
