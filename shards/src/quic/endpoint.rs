@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ahash::AHashMap;
 
@@ -34,6 +34,12 @@ use crate::stats::ShardStats;
 
 /// Largest datagram we accept or build.
 pub const MAX_DATAGRAM: usize = 65_535;
+
+/// How long the ACK of a request may wait to travel with the response (see
+/// [`Endpoint::defer_send`]). Well under the 25 ms `max_ack_delay` we advertise (quiche's
+/// default), which the client's probe timeout allows for (RFC 9000 §13.2.1, RFC 9002 §6.2.1),
+/// and longer than a backend on the same network takes to answer.
+pub const ACK_COALESCE: Duration = Duration::from_millis(5);
 /// Spare connection IDs offered per connection (clients usually accept 1 to 7).
 const MAX_SPARE_IDS: usize = 3;
 /// RFC 9000 §14.1: a client Initial smaller than this must be dropped.
@@ -72,6 +78,12 @@ pub struct Connection<S> {
     /// Earliest deadline this connection has in the timer heap, if any.
     armed: Option<Instant>,
     dirty: bool,
+    /// Set by [`Endpoint::recv`] when the datagram found the connection established and with
+    /// nothing queued to send: what it calls for may wait for the response (see
+    /// [`Endpoint::defer_send`]).
+    may_defer: bool,
+    /// The connection's reply (an ACK) waits for the response until then, at the latest.
+    send_deferred: Option<Instant>,
     handshake_counted: bool,
     /// The client came back with a valid Retry token: its address is proven.
     validated: bool,
@@ -219,6 +231,10 @@ impl<S: Session> Endpoint<S> {
         let Some(conn) = self.table.get_mut(&cid) else {
             return Destination::Dropped;
         };
+        // Initial and Handshake packets are acknowledged at once (RFC 9000 §13.2.1), and so is
+        // anything when a reply is already queued: only a datagram of an established connection
+        // with nothing to send yet may wait.
+        conn.may_defer = conn.handshake_counted && !conn.dirty;
         if !conn.handshake_counted && !conn.validated {
             self.stats
                 .unvalidated_bytes_received
@@ -424,6 +440,8 @@ impl<S: Session> Endpoint<S> {
                         spares_issued: 0,
                         armed: None,
                         dirty: false,
+                        may_defer: false,
+                        send_deferred: None,
                         handshake_counted: false,
                         validated,
                         handshake_deadline: now + self.settings.handshake_timeout,
@@ -562,6 +580,27 @@ impl<S: Session> Endpoint<S> {
         !self.dirty.is_empty()
     }
 
+    /// Holds back what the last [`Endpoint::recv`] made the connection owe (in practice, the
+    /// ACK of a request) until its response is written or [`ACK_COALESCE`] after `now`, so that
+    /// one packet carries both: a request then costs one datagram out instead of two. Declined
+    /// (returns `false`, the connection stays queued to send) unless that datagram was the only
+    /// reason to send, and for a second one while a reply already waits: RFC 9000 §13.2.2 asks
+    /// for an ACK at least every second ack-eliciting packet.
+    pub fn defer_send(&mut self, cid: ServerCid, now: Instant) -> bool {
+        let Some(conn) = self.table.get_mut(&cid) else {
+            return false;
+        };
+        if !conn.may_defer || conn.send_deferred.is_some() || self.dirty.last() != Some(&cid) {
+            return false;
+        }
+        conn.may_defer = false;
+        conn.dirty = false;
+        self.dirty.pop();
+        conn.send_deferred = Some(now + ACK_COALESCE);
+        self.arm(cid);
+        true
+    }
+
     /// Writes what dirty connections have to send into `batch`, re-arms their timers, and removes
     /// connections that have closed (their sessions learn it). Returns `true` when it stopped
     /// because `batch` must be sent before more fits; call again after sending. Returns `false`
@@ -599,6 +638,19 @@ impl<S: Session> Endpoint<S> {
             }
             self.dirty.pop();
             conn.dirty = false;
+            conn.may_defer = false;
+            if let Some(deferred) = conn.send_deferred.take() {
+                // The reply went out with the response: its timer entry is stale. Forget it so
+                // that the connection's next deadline is armed, and if it was the earliest, let
+                // the timer task sleep for the next one rather than wake for nothing.
+                if conn.armed == Some(deferred) {
+                    conn.armed = None;
+                    if self.timers.peek() == Some(&Reverse((deferred, cid))) {
+                        self.timers.pop();
+                        self.timer_moved = true;
+                    }
+                }
+            }
             if conn.quic.is_closed() {
                 self.remove(cid);
             } else {
@@ -617,6 +669,10 @@ impl<S: Session> Endpoint<S> {
             quic_deadline
         } else {
             Some(quic_deadline.map_or(conn.handshake_deadline, |d| d.min(conn.handshake_deadline)))
+        };
+        let deadline = match (deadline, conn.send_deferred) {
+            (Some(d), Some(deferred)) => Some(d.min(deferred)),
+            (d, deferred) => d.or(deferred),
         };
         let Some(deadline) = deadline else {
             return;
@@ -640,9 +696,16 @@ impl<S: Session> Endpoint<S> {
         std::mem::take(&mut self.timer_moved)
     }
 
-    /// The earliest armed deadline.
-    pub fn next_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+    /// The earliest armed deadline. Entries left behind by a deferred reply that went out
+    /// early are dropped here, so that nobody wakes for them.
+    pub fn next_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((t, cid))) = self.timers.peek() {
+            if self.table.get(&cid).is_some_and(|c| c.armed == Some(t)) {
+                return Some(t);
+            }
+            self.timers.pop();
+        }
+        None
     }
 
     /// Runs quiche's timeout handling for every connection whose deadline has passed by `now`.
@@ -668,6 +731,8 @@ impl<S: Session> Endpoint<S> {
             }
             if conn.quic.timeout_instant().is_some_and(|t| t <= now) {
                 conn.quic.on_timeout();
+                self.mark_dirty(cid);
+            } else if conn.send_deferred.is_some_and(|t| t <= now) {
                 self.mark_dirty(cid);
             } else {
                 self.arm(cid);

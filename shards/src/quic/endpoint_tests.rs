@@ -348,6 +348,117 @@ fn a_timer_is_armed_once_per_deadline_and_moves_only_earlier() {
     assert!(!endpoint.has_dirty());
 }
 
+/// Sends `bytes` on a new client stream and feeds the datagram(s) to the endpoint.
+fn client_request(
+    endpoint: &mut Endpoint<Recorder>,
+    client: &mut quiche::Connection,
+    stream_id: u64,
+) -> ServerCid {
+    client.stream_send(stream_id, b"a request", true).unwrap();
+    let mut cid = None;
+    for mut datagram in client_datagrams(client) {
+        match endpoint.recv(&mut datagram, client_addr(), false) {
+            Destination::Connection(c) => cid = Some(c),
+            other => panic!("the request went to {other:?}"),
+        }
+    }
+    cid.expect("a datagram")
+}
+
+#[test]
+fn a_request_ack_waits_for_the_response_at_most_ack_coalesce() {
+    let (mut endpoint, _, mut client) = established();
+    server_datagrams(&mut endpoint);
+    let now = Instant::now();
+    let cid = client_request(&mut endpoint, &mut client, 0);
+    assert!(endpoint.defer_send(cid, now), "a whole request may wait");
+    assert!(!endpoint.has_dirty());
+    assert!(
+        server_datagrams(&mut endpoint).is_empty(),
+        "nothing before the deadline"
+    );
+    assert!(endpoint.next_timeout().unwrap() <= now + ACK_COALESCE);
+    // No response came: the ACK goes out alone at the deadline.
+    endpoint.on_timeout(now + ACK_COALESCE);
+    let sent = server_datagrams(&mut endpoint);
+    assert_eq!(sent.len(), 1, "one datagram with the ACK");
+    let before = client.stats().sent;
+    for (mut datagram, to) in sent {
+        client
+            .recv(
+                &mut datagram,
+                quiche::RecvInfo {
+                    from: server_addr(),
+                    to,
+                },
+            )
+            .unwrap();
+    }
+    assert_eq!(
+        client.stats().sent,
+        before,
+        "the client had nothing to answer"
+    );
+    assert!(client.stats().lost == 0);
+}
+
+#[test]
+fn a_response_takes_the_waiting_ack_and_its_timer_goes() {
+    let (mut endpoint, _, mut client) = established();
+    server_datagrams(&mut endpoint);
+    endpoint.timer_moved();
+    let now = Instant::now();
+    let cid = client_request(&mut endpoint, &mut client, 0);
+    assert!(endpoint.defer_send(cid, now));
+    assert!(
+        endpoint.timer_moved(),
+        "the deferral is the earliest deadline"
+    );
+    // The response is written: the connection is queued, and one flush sends everything.
+    let conn = endpoint.get_mut(cid).unwrap();
+    conn.quic.stream_send(0, b"the response", true).unwrap();
+    endpoint.mark_dirty(cid);
+    assert_eq!(
+        server_datagrams(&mut endpoint).len(),
+        1,
+        "ACK and response together"
+    );
+    assert!(
+        endpoint.timer_moved(),
+        "the timer task is told to sleep longer"
+    );
+    assert!(
+        endpoint.next_timeout().unwrap() > now + ACK_COALESCE,
+        "no wake-up is left for the deferral"
+    );
+}
+
+#[test]
+fn a_second_packet_or_a_handshake_is_acknowledged_at_once() {
+    let (mut endpoint, _, mut client) = established();
+    server_datagrams(&mut endpoint);
+    let now = Instant::now();
+    let cid = client_request(&mut endpoint, &mut client, 0);
+    assert!(endpoint.defer_send(cid, now));
+    // RFC 9000 §13.2.2: at least every second ack-eliciting packet is acknowledged.
+    let cid = client_request(&mut endpoint, &mut client, 4);
+    assert!(!endpoint.defer_send(cid, now));
+    assert!(endpoint.has_dirty());
+    assert_eq!(server_datagrams(&mut endpoint).len(), 1);
+
+    // A datagram that is part of a handshake never waits.
+    let (mut handshaking, _) = self::endpoint(Duration::from_secs(30));
+    let mut fresh = self::client();
+    let mut cid = None;
+    for mut datagram in client_datagrams(&mut fresh) {
+        if let Destination::Connection(c) = handshaking.recv(&mut datagram, client_addr(), false) {
+            cid = Some(c);
+        }
+    }
+    assert!(!handshaking.defer_send(cid.expect("a connection"), now));
+    assert!(!server_datagrams(&mut handshaking).is_empty());
+}
+
 #[test]
 fn draining_refuses_new_connections_and_closes_idle_ones() {
     let (mut endpoint, _, mut open_client) = established();

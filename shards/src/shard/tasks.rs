@@ -102,7 +102,7 @@ pub async fn flusher(shard: Rc<Shard>) {
 
 pub async fn timers(shard: Rc<Shard>) {
     loop {
-        let next = shard.conns.endpoint.borrow().next_timeout();
+        let next = shard.conns.endpoint.borrow_mut().next_timeout();
         match next {
             Some(deadline) => {
                 let wait = deadline.saturating_duration_since(Instant::now());
@@ -183,7 +183,12 @@ impl Shard {
                     requests.clear();
                 }
             }
-            endpoint.mark_dirty(cid);
+            // A datagram that only brought whole requests owes the client nothing but their
+            // ACK, which can travel with the first response instead of in a packet of its own.
+            let replies_follow = !requests.is_empty() && requests.iter().all(|r| !r.more_frames);
+            if !(replies_follow && endpoint.defer_send(cid, Instant::now())) {
+                endpoint.mark_dirty(cid);
+            }
             (peer, serial)
         };
         if !requests.is_empty() {
