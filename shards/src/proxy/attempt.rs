@@ -49,7 +49,9 @@ pub async fn attempt<D: Downstream>(
     };
     match pool {
         BackendPool::Http2(pool) => exchange.run(pool).await,
-        BackendPool::Http1(pool) => exchange.run(pool).await,
+        // Boxed: inline, the HTTP/1.1 exchange (its codec and upload state) would triple the
+        // size of every attempt, HTTP/2 ones included.
+        BackendPool::Http1(pool) => Box::pin(exchange.run(pool)).await,
         // `AutoPool::pool` gives the pool it learned, never another `Auto`.
         BackendPool::Auto(_) => Err(AttemptFailure::Exchange(ExchangeFailure::Connect)),
     }
