@@ -50,6 +50,26 @@ fn large_download_streams_100_mb_intact() {
 }
 
 #[test]
+fn the_largest_udp_payload_allowed_carries_a_download() {
+    // Loopback carries 64 KiB datagrams, and the client accepts them: every packet Spooky builds
+    // is as large as `max_udp_payload_size` allows, the edge of one send's buffer.
+    let backend = start_backend("jumbo");
+    let proxy = Proxy::single_pool(
+        "jumbo",
+        &[&backend],
+        "[quic]\nmax_udp_payload_size = 65000\n",
+    );
+    let stats = proxy.running.shard_stats()[0].clone();
+    let mut client = proxy.client();
+    let size: u64 = 8 * 1024 * 1024;
+    let response = ok(client.request(get(&format!("/bytes/{size}")).keep_body(false)));
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body_sha256, pattern_sha256(size));
+    let per_datagram = stats.bytes_sent.get() / stats.datagrams_sent.get();
+    assert!(per_datagram > 10_000, "{per_datagram} bytes per datagram");
+}
+
+#[test]
 fn large_upload_is_echoed_intact() {
     let backend = start_backend("echo");
     let proxy = Proxy::single_pool("big-post", &[&backend], "");

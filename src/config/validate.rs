@@ -43,14 +43,15 @@ pub const MIN_WINDOW: i64 = 16 * 1024;
 pub const VARINT_MAX: i64 = (1 << 62) - 1;
 /// RFC 9000 §4.6: a stream limit above 2^60 is a protocol error.
 pub const MAX_STREAMS: i64 = 1 << 60;
-/// RFC 9000 §14: QUIC requires paths to carry at least 1200-byte datagrams, and
-/// `max_udp_payload_size` above 65527 is invalid (§18.2).
 /// Upper bound for connection counts: a shard cannot hold more than this in any memory.
 pub const MAX_CONNECTIONS: i64 = 10_000_000;
 /// Upper bound for per-source rates (new connections a second).
 pub const MAX_SOURCE_RATE: i64 = 1_000_000;
+/// RFC 9000 §14: QUIC requires paths to carry at least 1200-byte datagrams. The upper bound is
+/// what one send of a shard carries (below IPv4's 65,507-byte UDP payload limit; §18.2's
+/// 65,527 does not fit an IPv4 datagram at all).
 pub const MIN_UDP_PAYLOAD: i64 = 1200;
-pub const MAX_UDP_PAYLOAD: i64 = 65527;
+pub const MAX_UDP_PAYLOAD: i64 = shards::net::udp::MAX_BATCH_BYTES as i64;
 pub const DEFAULT_WEIGHT: u32 = 100;
 pub const MAX_WEIGHT: i64 = 10_000;
 /// How long a graceful stop waits for requests in flight when the file does not say.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ahash::AHashMap;
 
 use crate::net::source_limit::SourceLimiter;
-use crate::net::udp::SendBatch;
+use crate::net::udp::{SendBatch, MAX_BATCH_BYTES};
 use crate::plan::{QuicSettings, RetryMode};
 use crate::quic::admission::Refusal;
 use crate::quic::cid::{as_server_cid, steering_key, CidMinter, ServerCid, SERVER_CID_LEN};
@@ -162,7 +162,7 @@ impl<S: Session> Endpoint<S> {
             ),
             handshaking: 0,
             unvalidated: 0,
-            max_packet: settings.max_udp_payload,
+            max_packet: settings.max_udp_payload.min(MAX_BATCH_BYTES),
             settings: settings.clone(),
             table: AHashMap::new(),
             aliases: AHashMap::new(),
@@ -188,7 +188,8 @@ impl<S: Session> Endpoint<S> {
     /// new connections.
     pub fn reconfigure(&mut self, config: quiche::Config, settings: &QuicSettings) {
         self.config = config;
-        self.max_packet = settings.max_udp_payload;
+        // One packet must fit one send's buffer (the configuration refuses more).
+        self.max_packet = settings.max_udp_payload.min(MAX_BATCH_BYTES);
         if (settings.new_connection_rate, settings.new_connection_burst)
             != (
                 self.settings.new_connection_rate,
