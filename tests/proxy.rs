@@ -49,23 +49,38 @@ fn large_download_streams_100_mb_intact() {
     assert_eq!(response.body_sha256, pattern_sha256(size));
 }
 
-#[test]
-fn the_largest_udp_payload_allowed_carries_a_download() {
-    // Loopback carries 64 KiB datagrams, and the client accepts them: every packet Spooky builds
-    // is as large as `max_udp_payload_size` allows, the edge of one send's buffer.
-    let backend = start_backend("jumbo");
-    let proxy = Proxy::single_pool(
-        "jumbo",
-        &[&backend],
-        "[quic]\nmax_udp_payload_size = 65000\n",
-    );
+/// Bytes per datagram the shard sent for an 8 MiB download through a proxy with `quic` settings.
+fn bytes_per_datagram_of_a_download(name: &str, quic: &str) -> u64 {
+    let backend = start_backend(name);
+    let proxy = Proxy::single_pool(name, &[&backend], quic);
     let stats = proxy.running.shard_stats()[0].clone();
     let mut client = proxy.client();
     let size: u64 = 8 * 1024 * 1024;
     let response = ok(client.request(get(&format!("/bytes/{size}")).keep_body(false)));
     assert_eq!(response.status, 200);
     assert_eq!(response.body_sha256, pattern_sha256(size));
-    let per_datagram = stats.bytes_sent.get() / stats.datagrams_sent.get();
+    stats.bytes_sent.get() / stats.datagrams_sent.get()
+}
+
+#[test]
+fn path_mtu_discovery_fills_loopback_datagrams_with_no_setting() {
+    // Loopback's MTU is 64 KiB: discovery reaches quiche's largest packet (16,383 bytes) after
+    // the first probe, where a fixed size would stay at the default 1,350.
+    let per_datagram = bytes_per_datagram_of_a_download("pmtud", "");
+    assert!(per_datagram > 10_000, "{per_datagram} bytes per datagram");
+}
+
+#[test]
+fn without_discovery_datagrams_keep_to_max_udp_payload_size() {
+    let per_datagram =
+        bytes_per_datagram_of_a_download("pmtud-off", "[quic]\npath_mtu_discovery = false\n");
+    assert!(per_datagram <= 1350, "{per_datagram} bytes per datagram");
+    // Loopback carries 64 KiB datagrams: the largest size allowed, the edge of one send's buffer,
+    // works too (quiche builds at most 16,383 bytes of it).
+    let per_datagram = bytes_per_datagram_of_a_download(
+        "jumbo",
+        "[quic]\npath_mtu_discovery = false\nmax_udp_payload_size = 65000\n",
+    );
     assert!(per_datagram > 10_000, "{per_datagram} bytes per datagram");
 }
 

@@ -57,8 +57,11 @@ pub struct QuicSettings {
     pub stream_window: u64,
     /// Flow-control window per connection, in bytes.
     pub connection_window: u64,
-    /// Largest UDP payload we send.
+    /// Largest UDP payload we send without path MTU discovery, and with it when a client's route
+    /// cannot be read.
     pub max_udp_payload: usize,
+    /// Probe each connection's path up to its route's MTU (see `shards::net::path_mtu`).
+    pub path_mtu_discovery: bool,
     /// How packets reach the shard that owns their connection (read at startup only).
     pub steering: SteeringMode,
     /// bpffs directory where the reuseport group's socket map is shared between processes.
@@ -110,6 +113,7 @@ impl Default for QuicSettings {
             stream_window: 1024 * 1024,
             connection_window: 16 * 1024 * 1024,
             max_udp_payload: 1350,
+            path_mtu_discovery: true,
             steering: SteeringMode::Auto,
             bpf_pin_dir: PathBuf::from("/sys/fs/bpf/spooky"),
             retry: RetryMode::Auto,

@@ -41,6 +41,24 @@ pub fn set_int_option(
     })
 }
 
+/// `getsockopt` of an `int` value.
+pub fn get_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` (the size of a c_int) bytes to a valid pointer to a
+    // c_int and updates `len`; the caller holds the descriptor open for the call.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
 /// Receives one datagram (or a GRO-coalesced run of them) without blocking: its length, sender
 /// and, when the kernel coalesced, the segment size (`UDP_GRO` control message).
 pub fn recv_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<usize>)> {

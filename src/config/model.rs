@@ -121,6 +121,7 @@ pub struct RawQuic {
     pub stream_window: Option<Int>,
     pub connection_window: Option<Int>,
     pub max_udp_payload_size: Option<Int>,
+    pub path_mtu_discovery: Option<bool>,
     pub steering: Option<String>,
     pub bpf_pin_dir: Option<String>,
     pub retry: Option<String>,

@@ -671,6 +671,9 @@ fn check_quic(p: &mut Problems, quic: &RawQuic) -> QuicSettings {
             q.max_udp_payload = v as usize;
         }
     }
+    if let Some(v) = quic.path_mtu_discovery {
+        q.path_mtu_discovery = v;
+    }
     match quic.steering.as_deref() {
         None | Some("auto") => {}
         Some("bpf") => q.steering = SteeringMode::Bpf,

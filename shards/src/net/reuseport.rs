@@ -9,6 +9,8 @@ use std::net::{SocketAddr, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::net::path_mtu;
+
 /// Kernel buffer size asked for on every socket; bursts of a few thousand datagrams fit. The kernel
 /// caps it at `net.core.{r,w}mem_max` (see `deploy/sysctl.d/99-spooky.conf`).
 const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
@@ -73,7 +75,13 @@ fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
         log::warn!("could not set SO_SNDBUF on {addr}: {e}");
     }
     socket.bind(&addr.into())?;
-    Ok(socket.into())
+    let socket: UdpSocket = socket.into();
+    // Without it the kernel may fragment a datagram that exceeds a path MTU it learned from ICMP,
+    // which QUIC forbids (see `path_mtu`).
+    if let Err(e) = path_mtu::set_dont_fragment(&socket) {
+        log::warn!("could not set IP_MTU_DISCOVER on {addr}: {e}");
+    }
+    Ok(socket)
 }
 
 #[cfg(test)]

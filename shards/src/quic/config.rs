@@ -82,7 +82,9 @@ pub fn quic_config(plan: &ProxyPlan) -> Result<quiche::Config, ConfigError> {
 fn apply_transport_settings(config: &mut quiche::Config, quic: &QuicSettings) {
     config.set_max_idle_timeout(quic.idle_timeout.as_millis() as u64);
     config.set_max_recv_udp_payload_size(MAX_DATAGRAM);
+    // The endpoint sets each connection's own size before accepting it (see `net::path_mtu`).
     config.set_max_send_udp_payload_size(quic.max_udp_payload);
+    config.discover_pmtu(quic.path_mtu_discovery);
     config.set_initial_max_data(quic.connection_window);
     config.set_initial_max_stream_data_bidi_remote(quic.stream_window);
     config.set_initial_max_stream_data_bidi_local(quic.stream_window);

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ahash::AHashMap;
 
+use crate::net::path_mtu::{self, PathCeilings};
 use crate::net::source_limit::SourceLimiter;
 use crate::net::udp::{SendBatch, MAX_BATCH_BYTES};
 use crate::plan::{QuicSettings, RetryMode};
@@ -46,6 +47,9 @@ const MAX_SPARE_IDS: usize = 3;
 const MIN_INITIAL_LEN: usize = 1200;
 /// QUIC transport error INTERNAL_ERROR (RFC 9000 §20.1).
 const INTERNAL_ERROR: u64 = 0x1;
+/// RFC 9002 §7.2: the initial congestion window is ten datagrams, but no more than 14,720 bytes
+/// unless that is under two datagrams.
+const INITIAL_WINDOW_BYTES: usize = 14_720;
 
 /// The application protocol a connection carries once its handshake allows it (HTTP/3 in the
 /// shard; something smaller in tests). The endpoint calls it at the points where transport events
@@ -89,6 +93,22 @@ pub struct Connection<S> {
     validated: bool,
     /// When the connection is dropped if its handshake has not completed.
     handshake_deadline: Instant,
+    /// The largest datagram quiche may build for this connection: its path MTU discovery probes
+    /// up to it, or, without discovery, every packet is at most this.
+    ceiling: usize,
+    discovering: bool,
+}
+
+impl<S> Connection<S> {
+    /// Room the next packet may need. Until discovery has settled the path's MTU, quiche may
+    /// build a probe as large as the ceiling, and only does when it is given that much room.
+    fn send_room(&self) -> usize {
+        if self.discovering && self.quic.pmtu().is_none() {
+            self.ceiling
+        } else {
+            self.quic.max_send_udp_payload_size().min(self.ceiling)
+        }
+    }
 }
 
 /// Where a received datagram went.
@@ -125,8 +145,11 @@ pub struct Endpoint<S> {
     next_serial: u64,
     /// The steering key this shard's connection IDs carry.
     own_key: u16,
-    /// Largest UDP payload quiche may build (`quic.max_udp_payload_size`).
+    /// Largest UDP payload quiche may build without path MTU discovery
+    /// (`quic.max_udp_payload_size`).
     max_packet: usize,
+    /// With discovery, each client's ceiling, from its route.
+    ceilings: PathCeilings,
     /// The last stateless reply and its destination.
     stateless: Box<[u8]>,
     stateless_reply: Option<(usize, SocketAddr)>,
@@ -163,6 +186,7 @@ impl<S: Session> Endpoint<S> {
             handshaking: 0,
             unvalidated: 0,
             max_packet: settings.max_udp_payload.min(MAX_BATCH_BYTES),
+            ceilings: PathCeilings::new(path_mtu::route_mtu, now),
             settings: settings.clone(),
             table: AHashMap::new(),
             aliases: AHashMap::new(),
@@ -182,6 +206,23 @@ impl<S: Session> Endpoint<S> {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Reads routes' MTUs with `lookup` from now on (tests give a fixed one).
+    #[cfg(test)]
+    pub fn set_route_lookup(&mut self, lookup: path_mtu::RouteLookup) {
+        self.ceilings = PathCeilings::new(lookup, Instant::now());
+    }
+
+    /// The ceiling for a new connection from `peer`; see [`Connection::ceiling`].
+    fn packet_ceiling(&mut self, peer: SocketAddr, now: Instant) -> usize {
+        if !self.settings.path_mtu_discovery {
+            return self.max_packet;
+        }
+        self.ceilings
+            .ceiling(peer, now)
+            .unwrap_or(self.max_packet)
+            .min(MAX_BATCH_BYTES)
     }
 
     /// Replaces the QUIC configuration (certificate, transport settings, admission limits) for
@@ -414,6 +455,12 @@ impl<S: Session> Endpoint<S> {
         }
         let scid = quiche::ConnectionId::from_ref(&cid);
         let odcid = original_dcid.map(quiche::ConnectionId::from_vec);
+        // quiche takes both from the configuration when the connection is created: they are this
+        // connection's alone.
+        let ceiling = self.packet_ceiling(from, now);
+        self.config.set_max_send_udp_payload_size(ceiling);
+        self.config
+            .set_initial_congestion_window_packets(initial_window_packets(ceiling));
         match quiche::accept(
             &scid,
             odcid.as_ref(),
@@ -446,6 +493,8 @@ impl<S: Session> Endpoint<S> {
                         handshake_counted: false,
                         validated,
                         handshake_deadline: now + self.settings.handshake_timeout,
+                        ceiling,
+                        discovering: self.settings.path_mtu_discovery,
                     }),
                 );
                 Ok(cid)
@@ -614,10 +663,11 @@ impl<S: Session> Endpoint<S> {
             };
             let mut send_errors = 0;
             loop {
-                if batch.must_send(self.max_packet) {
+                let room = conn.send_room();
+                if batch.must_send(room) {
                     return true;
                 }
-                let space = &mut batch.space()[..self.max_packet];
+                let space = &mut batch.space()[..room];
                 match conn.quic.send(space) {
                     Ok((n, info)) => {
                         if !conn.handshake_counted && !conn.validated {
@@ -845,6 +895,15 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Initial congestion window in datagrams of `datagram` bytes (RFC 9002 §7.2).
+fn initial_window_packets(datagram: usize) -> usize {
+    if 10 * datagram <= INITIAL_WINDOW_BYTES {
+        10
+    } else {
+        (INITIAL_WINDOW_BYTES / datagram).max(2)
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ fn accepts_full_example() {
     assert_eq!(plan.quic.stream_window, 65536);
     assert_eq!(plan.quic.connection_window, 1048576);
     assert_eq!(plan.quic.max_udp_payload, 1452);
+    assert!(!plan.quic.path_mtu_discovery);
 
     // File order, not alphabetical: the index is the upstream id.
     let names: Vec<&str> = plan.upstreams.iter().map(|u| u.name.as_str()).collect();
@@ -56,6 +57,7 @@ fn accepts_defaults() {
     assert_eq!(plan.quic.stream_window, d.stream_window);
     assert_eq!(plan.quic.connection_window, d.connection_window);
     assert_eq!(plan.quic.max_udp_payload, d.max_udp_payload);
+    assert!(plan.quic.path_mtu_discovery);
 
     let app = &plan.upstreams[0];
     assert_eq!(app.balancing, Balancing::RoundRobin);

@@ -78,6 +78,7 @@ max_concurrent_streams = 100
 stream_window = 65536
 connection_window = 1048576
 max_udp_payload_size = 1452
+path_mtu_discovery = false
 
 [upstream.api_pool]
 route = {{ path_prefix = "/api" }}
