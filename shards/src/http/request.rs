@@ -223,12 +223,11 @@ fn build_uri(scheme: &[u8], authority: &[u8], path: &[u8]) -> Result<Uri, Malfor
     let authority =
         http::uri::Authority::try_from(authority).map_err(|_| Malformed::InvalidAuthority)?;
     let path = http::uri::PathAndQuery::try_from(path).map_err(|_| Malformed::InvalidPath)?;
-    Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|_| Malformed::InvalidPath)
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).map_err(|_| Malformed::InvalidPath)
 }
 
 fn parse_content_length(value: &[u8]) -> Result<u64, Malformed> {
@@ -249,21 +248,64 @@ fn valid_value(value: &[u8]) -> bool {
         && edge_ok(value.last())
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 fn add_forwarding_headers(headers: &mut HeaderMap, client: ClientInfo) {
-    let ip = client.ip.to_string();
-    let forwarded_for = match headers.get("x-forwarded-for") {
+    let mut text = [0u8; MAX_ADDRESS_TEXT];
+    let ip = address_text(client.ip, &mut text);
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
         Some(existing) => {
-            let mut chain = existing.as_bytes().to_vec();
+            let mut chain = Vec::with_capacity(existing.len() + 2 + ip.len());
+            chain.extend_from_slice(existing.as_bytes());
             chain.extend_from_slice(b", ");
-            chain.extend_from_slice(ip.as_bytes());
-            HeaderValue::from_bytes(&chain)
+            chain.extend_from_slice(ip);
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(chain))
         }
-        None => HeaderValue::from_str(&ip),
+        None => HeaderValue::from_bytes(ip),
     };
     if let Ok(value) = forwarded_for {
-        headers.insert("x-forwarded-for", value);
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+}
+
+/// The longest text of an IPv6 address (an IPv4-mapped one written in full).
+const MAX_ADDRESS_TEXT: usize = 45;
+
+/// `ip` as text in `out`. IPv4 addresses, most clients', are written by hand: `Display` goes
+/// through the formatting machinery and a `String`, a measurable part of each request.
+fn address_text(ip: IpAddr, out: &mut [u8; MAX_ADDRESS_TEXT]) -> &[u8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    out[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    out[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                out[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            &out[..n]
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut out[..]);
+            // Cannot fail: the longest form fits the buffer.
+            let _ = write!(cursor, "{v6}");
+            let n = cursor.position() as usize;
+            &out[..n]
+        }
+    }
 }
 
 /// Validates HTTP/3 request trailers and converts them for HTTP/2. Pseudo-headers are forbidden in
@@ -315,6 +357,29 @@ mod tests {
 
     fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
         BASE.iter().chain(extra).copied().collect()
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut out = [0u8; MAX_ADDRESS_TEXT];
+        for text in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.100.9.255",
+            "192.0.2.7",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+            "::ffff:192.0.2.7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(address_text(ip, &mut out), ip.to_string().as_bytes());
+        }
+        for octet in 0..=255u8 {
+            let ip = IpAddr::from([octet, 0, 99, octet]);
+            assert_eq!(address_text(ip, &mut out), ip.to_string().as_bytes());
+        }
     }
 
     #[test]

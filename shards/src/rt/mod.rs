@@ -8,10 +8,13 @@
 //!   ([`spawn`] it alone);
 //! - glommio sockets are `!Send`, so they are made from descriptors inside the executor
 //!   ([`udp_socket`]);
-//! - `io_memory` is kept small ([`IO_MEMORY`]) to fit an unprivileged memlock limit.
+//! - `io_memory` is kept small ([`IO_MEMORY`]) to fit an unprivileged memlock limit;
+//! - backend streams reach h2 and hyper through [`TokioTcp`], which reads without zeroing the
+//!   caller's buffer each time.
 
 mod latch;
 mod notify;
+mod tcp_io;
 
 use std::future::Future;
 use std::net::UdpSocket as StdUdpSocket;
@@ -20,6 +23,7 @@ use std::time::Duration;
 pub use glommio::net::{TcpListener, TcpStream, UdpSocket};
 pub use latch::Latch;
 pub use notify::Notify;
+pub use tcp_io::TokioTcp;
 
 /// Memory glommio registers for io_uring buffers per shard. Kept small: the default asks for more
 /// than an unprivileged memlock limit allows, and our large buffers are our own.

@@ -15,7 +15,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
-use crate::rt::TcpStream;
+use crate::rt::{TcpStream, TokioTcp};
 use crate::tls::backend::BackendTls;
 
 /// A failing TLS handshake is logged as a warning at most this often per backend and shard;
@@ -36,7 +36,7 @@ pub enum DialError {
 
 /// An open backend connection, in the form hyper and h2 read and write.
 pub enum BackendStream {
-    Plain(Compat<TcpStream>),
+    Plain(TokioTcp),
     Tls(Box<TlsStream<Compat<TcpStream>>>),
 }
 
@@ -82,7 +82,7 @@ impl Dialer {
             .set_nodelay(true)
             .map_err(|e| DialError::Tcp(e.into()))?;
         let Some(tls) = &self.tls else {
-            return Ok(BackendStream::Plain(stream.compat()));
+            return Ok(BackendStream::Plain(TokioTcp::new(stream)));
         };
         let outcome = match tls
             .connector
