@@ -44,6 +44,7 @@ pub fn quic_config(plan: &ProxyPlan) -> Result<quiche::Config, ConfigError> {
     // intermediates left on the context would follow whichever leaf is chosen.
     let default = identity.clone();
     let sni = plan.sni.clone();
+    let fixed_payload = plan.quic.max_udp_payload;
     context.set_select_certificate_callback(move |mut hello: ClientHello<'_>| {
         let named = hello
             .servername(NameType::HOST_NAME)
@@ -67,6 +68,15 @@ pub fn quic_config(plan: &ProxyPlan) -> Result<quiche::Config, ConfigError> {
         for intermediate in &chosen.chain()[1..] {
             ssl.add_chain_cert(intermediate)
                 .map_err(|_| SelectCertError::ERROR)?;
+        }
+        // The endpoint set this connection's path MTU discovery ceiling as its largest packet;
+        // quiche probes only the path the connection starts on, and gives any path the client
+        // migrates to this size unprobed. There it must be a size that needs no proof. Applied
+        // before the first packet is sent, so the handshake's congestion window is ten of these.
+        if <quiche::Connection>::set_max_send_udp_payload_size_in_handshake(ssl, fixed_payload)
+            .is_err()
+        {
+            log::debug!("the packet size for migrated paths could not be set");
         }
         Ok(())
     });

@@ -47,9 +47,6 @@ const MAX_SPARE_IDS: usize = 3;
 const MIN_INITIAL_LEN: usize = 1200;
 /// QUIC transport error INTERNAL_ERROR (RFC 9000 §20.1).
 const INTERNAL_ERROR: u64 = 0x1;
-/// RFC 9002 §7.2: the initial congestion window is ten datagrams, but no more than 14,720 bytes
-/// unless that is under two datagrams.
-const INITIAL_WINDOW_BYTES: usize = 14_720;
 
 /// The application protocol a connection carries once its handshake allows it (HTTP/3 in the
 /// shard; something smaller in tests). The endpoint calls it at the points where transport events
@@ -455,12 +452,12 @@ impl<S: Session> Endpoint<S> {
         }
         let scid = quiche::ConnectionId::from_ref(&cid);
         let odcid = original_dcid.map(quiche::ConnectionId::from_vec);
-        // quiche takes both from the configuration when the connection is created: they are this
-        // connection's alone.
+        // quiche sizes the connection's path MTU discovery from the configuration when it is
+        // created: the ceiling is this connection's alone. (The ClientHello callback then puts
+        // the packet size of paths the client may move to back to `max_udp_payload_size`; see
+        // `quic::config`.)
         let ceiling = self.packet_ceiling(from, now);
         self.config.set_max_send_udp_payload_size(ceiling);
-        self.config
-            .set_initial_congestion_window_packets(initial_window_packets(ceiling));
         match quiche::accept(
             &scid,
             odcid.as_ref(),
@@ -895,15 +892,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Initial congestion window in datagrams of `datagram` bytes (RFC 9002 §7.2).
-fn initial_window_packets(datagram: usize) -> usize {
-    if 10 * datagram <= INITIAL_WINDOW_BYTES {
-        10
-    } else {
-        (INITIAL_WINDOW_BYTES / datagram).max(2)
-    }
 }
 
 #[cfg(test)]
