@@ -909,14 +909,23 @@ fn download_datagram_sizes(
     sent.into_iter().map(|(n, _)| n).collect()
 }
 
-#[test]
-fn path_mtu_discovery_probes_up_to_the_route_and_then_fills_it() {
-    let (mut endpoint, _) = endpoint(Duration::from_secs(30));
+/// A connection over a 9,000-byte route, established, with `path_mtu_discovery` as given.
+fn over_jumbo_route(discovery: bool) -> (Endpoint<Recorder>, quiche::Connection, ServerCid) {
+    let (mut endpoint, _) = endpoint_with(QuicSettings {
+        path_mtu_discovery: discovery,
+        ..QuicSettings::default()
+    });
     endpoint.set_route_lookup(jumbo_route);
     let mut client = client();
     exchange(&mut endpoint, &mut client);
     assert!(client.is_established());
     let cid: ServerCid = client.destination_id().as_ref().try_into().unwrap();
+    (endpoint, client, cid)
+}
+
+#[test]
+fn path_mtu_discovery_probes_up_to_the_route_and_then_fills_it() {
+    let (mut endpoint, mut client, cid) = over_jumbo_route(true);
     // A 9,000-byte route carries 8,972 bytes of UDP payload over IPv4: the first probe, at the
     // ceiling, went out once the handshake was confirmed and was acknowledged in the exchange.
     assert_eq!(endpoint.get_mut(cid).unwrap().quic.pmtu(), Some(8972));
@@ -932,14 +941,7 @@ fn path_mtu_discovery_probes_up_to_the_route_and_then_fills_it() {
 
 #[test]
 fn without_discovery_every_datagram_keeps_to_max_udp_payload_size() {
-    let (mut endpoint, _) = endpoint_with(QuicSettings {
-        path_mtu_discovery: false,
-        ..QuicSettings::default()
-    });
-    endpoint.set_route_lookup(jumbo_route);
-    let mut client = client();
-    exchange(&mut endpoint, &mut client);
-    let cid: ServerCid = client.destination_id().as_ref().try_into().unwrap();
+    let (mut endpoint, mut client, cid) = over_jumbo_route(false);
     assert_eq!(endpoint.get_mut(cid).unwrap().quic.pmtu(), None);
     let sizes = download_datagram_sizes(&mut endpoint, &mut client, 1 << 20);
     let largest = sizes.iter().copied().max().unwrap();
@@ -948,11 +950,7 @@ fn without_discovery_every_datagram_keeps_to_max_udp_payload_size() {
 
 #[test]
 fn a_path_the_client_moves_to_keeps_to_max_udp_payload_size() {
-    let (mut endpoint, _) = endpoint(Duration::from_secs(30));
-    endpoint.set_route_lookup(jumbo_route);
-    let mut client = client();
-    exchange(&mut endpoint, &mut client);
-    let cid: ServerCid = client.destination_id().as_ref().try_into().unwrap();
+    let (mut endpoint, mut client, cid) = over_jumbo_route(true);
     assert_eq!(endpoint.get_mut(cid).unwrap().quic.pmtu(), Some(8972));
     // quiche does not probe a path the client migrates to: its packets there are the size that
     // needs no proof, not the first path's.
@@ -969,8 +967,16 @@ fn a_path_the_client_moves_to_keeps_to_max_udp_payload_size() {
         .filter(|(_, to)| *to == moved)
         .map(|(n, _)| *n)
         .collect();
-    assert!(on_new_path.len() > 100, "{} datagrams to the new address", on_new_path.len());
+    assert!(
+        on_new_path.len() > 100,
+        "{} datagrams to the new address",
+        on_new_path.len()
+    );
     let largest = on_new_path.iter().copied().max().unwrap();
     assert_eq!(largest, QuicSettings::default().max_udp_payload);
-    assert_eq!(endpoint.get_mut(cid).unwrap().peer, client_addr(), "(the table keeps the first)");
+    assert_eq!(
+        endpoint.get_mut(cid).unwrap().peer,
+        client_addr(),
+        "(the table keeps the first)"
+    );
 }
