@@ -4,18 +4,28 @@
 # 3N requests of 1 KiB through the test backend) and prints the difference per request, so that
 # startup, handshakes and shutdown cancel out.
 #
-#   bench/instructions.sh [--requests N] SPOOKY [SPOOKY...]
+#   bench/instructions.sh [--requests N] [--quic 'KEY = VALUE'] SPOOKY [SPOOKY...]
+#
+# --quic adds a line to the `[quic]` table of the configuration every run uses (repeatable), to
+# compare settings on one build, e.g. --quic 'path_mtu_discovery = false'.
 #
 # Needs valgrind (Debian `valgrind`) and a release build of spooky-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 requests=2000
-if [[ "${1:-}" == "--requests" ]]; then
-  requests=$2
-  shift 2
-fi
-(($#)) || { echo "usage: bench/instructions.sh [--requests N] SPOOKY [SPOOKY...]" >&2; exit 2; }
+quic_extra=""
+while (($#)); do
+  case "$1" in
+    --requests) requests=$2; shift 2 ;;
+    --quic) quic_extra+="$2"$'\n'; shift 2 ;;
+    *) break ;;
+  esac
+done
+(($#)) || {
+  echo "usage: bench/instructions.sh [--requests N] [--quic 'KEY = VALUE'] SPOOKY [SPOOKY...]" >&2
+  exit 2
+}
 command -v valgrind >/dev/null || { echo "instructions: valgrind is not installed" >&2; exit 1; }
 bench=target/release/spooky-bench
 [[ -x "$bench" ]] || cargo build --release -p spooky-bench
@@ -50,6 +60,7 @@ cores = [0]
 
 [quic]
 steering = "off"
+$quic_extra
 
 [upstream.main]
 route = { path_prefix = "/" }
@@ -63,6 +74,7 @@ EOF
   local pid=$!
   for _ in $(seq 1 600); do
     grep -q "listening on udp" "$out.log" && break
+    kill -0 "$pid" 2>/dev/null || { echo "instructions: $spooky did not start:" >&2; cat "$out.log" >&2; exit 1; }
     sleep 0.1
   done
   "$bench" load "https://localhost:$port/bytes/1024" --insecure --connections 4 --streams 8 \
