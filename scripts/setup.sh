@@ -111,6 +111,11 @@ main() {
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    # The path MTU test puts its client in a network namespace behind a veth pair, with a
+    # black hole made by an nftables rule and offloads turned off by ethtool.
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
+    command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
   fi
 
   if ((${#missing[@]})); then

@@ -34,12 +34,24 @@ impl SpookyProcess {
         port: u16,
         body: &str,
     ) -> SpookyProcess {
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        Self::start_listening(dir, certs, listen, body)
+    }
+
+    /// Like `start_with`, listening on `listen` instead of 127.0.0.1.
+    pub fn start_listening(
+        dir: PathBuf,
+        certs: spooky::selfsigned::GeneratedCerts,
+        listen: SocketAddr,
+        body: &str,
+    ) -> SpookyProcess {
+        let (ip, port) = (listen.ip(), listen.port());
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "[listen]\naddress = \"127.0.0.1\"\nport = {port}\ntls = {{ cert = {:?}, key = {:?} }}\n\n\
+                "[listen]\naddress = \"{ip}\"\nport = {port}\ntls = {{ cert = {:?}, key = {:?} }}\n\n\
                  [admin]\naddress = \"{admin}\"\n\n{body}",
                 certs.cert_chain.display().to_string(),
                 certs.private_key.display().to_string()
@@ -56,7 +68,7 @@ impl SpookyProcess {
             .expect("start spooky");
         let process = SpookyProcess {
             child,
-            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            listen,
             admin,
             config,
             log,
