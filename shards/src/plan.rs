@@ -57,7 +57,8 @@ pub struct QuicSettings {
     pub stream_window: u64,
     /// Flow-control window per connection, in bytes.
     pub connection_window: u64,
-    /// Largest UDP payload we send without path MTU discovery, and with it when a client's route
+    /// Largest UDP payload we send without path MTU discovery. With it: the size on a path a
+    /// client migrates to (quiche does not probe those), and the ceiling when a client's route
     /// cannot be read.
     pub max_udp_payload: usize,
     /// Probe each connection's path up to its route's MTU (see `shards::net::path_mtu`).

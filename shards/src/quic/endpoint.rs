@@ -35,6 +35,8 @@ use crate::stats::ShardStats;
 
 /// Largest datagram we accept or build.
 pub const MAX_DATAGRAM: usize = 65_535;
+// A probe at a route's ceiling must fit one send's buffer, as `max_packet` does.
+const _: () = assert!(path_mtu::MAX_CEILING <= MAX_BATCH_BYTES);
 
 /// How long the ACK of a request may wait to travel with the response (see
 /// [`Endpoint::defer_send`]). Well under the 25 ms `max_ack_delay` we advertise (quiche's
@@ -216,10 +218,7 @@ impl<S: Session> Endpoint<S> {
         if !self.settings.path_mtu_discovery {
             return self.max_packet;
         }
-        self.ceilings
-            .ceiling(peer, now)
-            .unwrap_or(self.max_packet)
-            .min(MAX_BATCH_BYTES)
+        self.ceilings.ceiling(peer, now).unwrap_or(self.max_packet)
     }
 
     /// Replaces the QUIC configuration (certificate, transport settings, admission limits) for
