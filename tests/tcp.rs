@@ -82,6 +82,44 @@ fn http2_over_tls_is_proxied_with_alt_svc_pointing_at_http3() {
     assert_eq!(response.header("alt-svc"), None);
 }
 
+/// A backend's last DATA frame that carries END_STREAM reaches the client as one frame with
+/// END_STREAM too, not as the data followed by an empty frame to end the stream: the stream has
+/// ended as soon as the body is read (a separate empty frame would still be queued, or not yet
+/// arrived, at that point). The test backend's `/headers` answers in one such frame.
+#[test]
+fn a_response_ends_with_its_last_data_frame() {
+    let backend = start_backend("last-frame");
+    let proxy = Proxy::single_pool("tcp-last-frame", &[&backend], "");
+    let addr = proxy.running.local_addr();
+    runtime().block_on(async {
+        let sender = connect_h2(addr, &proxy.certs.ca).await;
+        let mut sender = sender.ready().await.unwrap();
+        let request = http::Request::get("https://localhost/headers")
+            .body(())
+            .unwrap();
+        let (response, _) = sender.send_request(request, true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let mut received = Vec::new();
+        let mut frames_after_body = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if chunk.is_empty() {
+                frames_after_body += 1;
+            } else {
+                assert_eq!(frames_after_body, 0, "data after an empty frame");
+                received.extend_from_slice(&chunk);
+            }
+        }
+        let text = String::from_utf8(received).unwrap();
+        assert!(text.contains(":path: /headers\n"), "{text}");
+        assert_eq!(
+            frames_after_body, 0,
+            "END_STREAM came in an empty frame of its own"
+        );
+    });
+}
+
 #[test]
 fn http1_over_tls_keeps_alive_streams_both_ways_and_strips_hop_by_hop_fields() {
     let backend = start_backend("tcp-h1");

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri};
 
@@ -103,6 +104,46 @@ fn set_once<'a>(
     Ok(())
 }
 
+/// Room for the text a typical request head keeps (authority, path, header values): one
+/// allocation holds it all, and a larger head grows into a second one.
+const HEAD_TEXT: usize = 1024;
+
+/// The text of a request head: each value is written into one shared buffer and handed out as a
+/// slice of it. Building the head then allocates once instead of once per value (`HeaderValue`,
+/// `Authority` and `PathAndQuery` copy a borrowed slice into a buffer of their own), and cloning
+/// the head for an attempt counts references instead of copying values (a clone of a value that
+/// owns its bytes allocates to make them shared).
+struct HeadText(BytesMut);
+
+impl HeadText {
+    fn new() -> Self {
+        HeadText(BytesMut::with_capacity(HEAD_TEXT))
+    }
+
+    /// `parts` written one after another, as one shared slice.
+    fn share(&mut self, parts: &[&[u8]]) -> Bytes {
+        for part in parts {
+            self.0.extend_from_slice(part);
+        }
+        self.0.split().freeze()
+    }
+
+    fn value(&mut self, parts: &[&[u8]]) -> Result<HeaderValue, Malformed> {
+        HeaderValue::from_maybe_shared(self.share(parts)).map_err(|_| Malformed::InvalidValue)
+    }
+
+    /// `parts` joined with `separator`, as one header value.
+    fn joined(&mut self, parts: &[&[u8]], separator: &[u8]) -> Result<HeaderValue, Malformed> {
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                self.0.extend_from_slice(separator);
+            }
+            self.0.extend_from_slice(part);
+        }
+        self.value(&[])
+    }
+}
+
 /// Validates an HTTP/3 request field section and builds the HTTP/2 request head.
 ///
 /// `fields` yields (name, value) pairs in received order.
@@ -110,8 +151,11 @@ pub fn translate_request<'a>(
     fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     client: ClientInfo,
 ) -> Result<RequestHead, Malformed> {
+    let fields = fields.into_iter();
     let mut pseudo = Pseudo::default();
-    let mut headers = HeaderMap::new();
+    // The forwarding headers add two fields; pseudo-headers take none, so this is enough.
+    let mut headers = HeaderMap::with_capacity(fields.size_hint().0 + 2);
+    let mut text = HeadText::new();
     let mut cookies: Vec<&[u8]> = Vec::new();
     let mut host: Option<&[u8]> = None;
     let mut content_length: Option<u64> = None;
@@ -161,8 +205,7 @@ pub fn translate_request<'a>(
             _ => {}
         }
         let header_name = HeaderName::from_bytes(name).map_err(|_| Malformed::InvalidName)?;
-        let header_value = HeaderValue::from_bytes(value).map_err(|_| Malformed::InvalidValue)?;
-        headers.append(header_name, header_value);
+        headers.append(header_name, text.value(&[value])?);
     }
 
     let method_bytes = pseudo
@@ -198,15 +241,13 @@ pub fn translate_request<'a>(
     if authority.is_empty() {
         return Err(Malformed::InvalidAuthority);
     }
-    let uri = build_uri(scheme, authority, path)?;
+    let uri = build_uri(scheme, authority, path, &mut text)?;
 
     if !cookies.is_empty() {
         // RFC 9114 §4.2.1: crumbs are rejoined with "; " before passing to a non-HTTP/3 hop.
-        let joined = cookies.join(&b"; "[..]);
-        let value = HeaderValue::from_bytes(&joined).map_err(|_| Malformed::InvalidValue)?;
-        headers.insert(http::header::COOKIE, value);
+        headers.insert(http::header::COOKIE, text.joined(&cookies, b"; ")?);
     }
-    add_forwarding_headers(&mut headers, client);
+    add_forwarding_headers(&mut headers, client, &mut text);
 
     Ok(RequestHead {
         method,
@@ -218,11 +259,17 @@ pub fn translate_request<'a>(
     })
 }
 
-fn build_uri(scheme: &[u8], authority: &[u8], path: &[u8]) -> Result<Uri, Malformed> {
+fn build_uri(
+    scheme: &[u8],
+    authority: &[u8],
+    path: &[u8],
+    text: &mut HeadText,
+) -> Result<Uri, Malformed> {
     let scheme = http::uri::Scheme::try_from(scheme).map_err(|_| Malformed::InvalidPath)?;
-    let authority =
-        http::uri::Authority::try_from(authority).map_err(|_| Malformed::InvalidAuthority)?;
-    let path = http::uri::PathAndQuery::try_from(path).map_err(|_| Malformed::InvalidPath)?;
+    let authority = http::uri::Authority::from_maybe_shared(text.share(&[authority]))
+        .map_err(|_| Malformed::InvalidAuthority)?;
+    let path = http::uri::PathAndQuery::from_maybe_shared(text.share(&[path]))
+        .map_err(|_| Malformed::InvalidPath)?;
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(scheme);
     parts.authority = Some(authority);
@@ -251,18 +298,12 @@ fn valid_value(value: &[u8]) -> bool {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-fn add_forwarding_headers(headers: &mut HeaderMap, client: ClientInfo) {
-    let mut text = [0u8; MAX_ADDRESS_TEXT];
-    let ip = address_text(client.ip, &mut text);
+fn add_forwarding_headers(headers: &mut HeaderMap, client: ClientInfo, text: &mut HeadText) {
+    let mut address = [0u8; MAX_ADDRESS_TEXT];
+    let ip = address_text(client.ip, &mut address);
     let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        Some(existing) => {
-            let mut chain = Vec::with_capacity(existing.len() + 2 + ip.len());
-            chain.extend_from_slice(existing.as_bytes());
-            chain.extend_from_slice(b", ");
-            chain.extend_from_slice(ip);
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(chain))
-        }
-        None => HeaderValue::from_bytes(ip),
+        Some(existing) => text.value(&[existing.as_bytes(), b", ", ip]),
+        None => text.value(&[ip]),
     };
     if let Ok(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);

@@ -9,6 +9,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_lite::future;
 
 use super::decision::{AttemptFailure, Outcome};
 use crate::http::{Abort, BodyRead, Downstream, ReadError};
@@ -65,8 +66,14 @@ async fn response_body<D: Downstream, B: ResponseBody>(
     if end_now {
         return Outcome::Responded(status);
     }
+    // The backend's next item when it was already there as the last chunk went out.
+    let mut ahead = None;
     loop {
-        let chunk = match rt::within(body_idle, body.next_chunk()).await {
+        let next = match ahead.take() {
+            Some(next) => Some(next),
+            None => rt::within(body_idle, body.next_chunk()).await,
+        };
+        let chunk = match next {
             Some(Some(Ok(chunk))) => chunk,
             Some(None) => break,
             Some(Some(Err(failure))) => {
@@ -83,10 +90,18 @@ async fn response_body<D: Downstream, B: ResponseBody>(
         if chunk.is_empty() {
             continue;
         }
-        if downstream.write_body(&chunk, false).await.is_err() {
+        // When the backend's stream already ended behind this chunk (many servers end it with
+        // an empty DATA frame of its own), the chunk ends the client's stream too: one frame
+        // and one write, not a second, empty one just to carry the end.
+        ahead = ready_next(&mut body).await;
+        let last = matches!(ahead, Some(None)) && body.is_end();
+        if downstream.write_body(&chunk, last).await.is_err() {
             return Outcome::ClientGone;
         }
         body.release(chunk.len());
+        if last {
+            return Outcome::Responded(status);
+        }
     }
     let finished = match body.trailers().await {
         Ok(Some(trailers)) => downstream.send_trailers(&trailers).await,
@@ -99,6 +114,17 @@ async fn response_body<D: Downstream, B: ResponseBody>(
     match finished {
         Ok(()) => Outcome::Responded(status),
         Err(_) => Outcome::ClientGone,
+    }
+}
+
+/// The body's next item if it is there without waiting, passing over empty chunks; `None` when
+/// it is not there yet.
+async fn ready_next<B: ResponseBody>(body: &mut B) -> Option<Option<Result<Bytes, BodyFailure>>> {
+    loop {
+        match future::poll_once(body.next_chunk()).await {
+            Some(Some(Ok(chunk))) if chunk.is_empty() => continue,
+            ready => return ready,
+        }
     }
 }
 

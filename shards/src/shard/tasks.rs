@@ -211,7 +211,7 @@ impl Shard {
                 };
                 let stream = H3Stream::new(self.conns.clone(), key, peer);
                 let context = self.proxy.clone();
-                rt::spawn(async move { proxy::serve(&context, stream, job).await });
+                rt::spawn_boxed(async move { proxy::serve(&context, stream, job).await });
             }
         }
         self.new_requests.set(requests);

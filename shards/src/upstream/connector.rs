@@ -66,7 +66,9 @@ pub trait PendingResponse {
 
 #[allow(async_fn_in_trait)]
 pub trait ResponseBody {
-    /// Whether the response has no body at all (its head ended the stream).
+    /// Whether nothing follows what was returned so far: the head ended the stream, or the last
+    /// chunk did, with no trailers. A body that learns its end only when asked for the next
+    /// chunk says `false` until then.
     fn is_end(&self) -> bool;
     /// The next body chunk; `None` once the body is complete.
     async fn next_chunk(&mut self) -> Option<Result<Bytes, BodyFailure>>;

@@ -230,7 +230,7 @@ impl Shard {
             let stream = H2Stream::new(peer, respond, body, self.alt_svc.borrow().clone());
             let context = self.proxy.clone();
             let in_flight = registration.request();
-            rt::spawn(async move {
+            rt::spawn_boxed(async move {
                 proxy::serve(&context, stream, job).await;
                 drop(in_flight);
             });
@@ -280,7 +280,7 @@ impl Shard {
                         drop(in_flight);
                     });
                 }
-                (_, job) => rt::spawn(async move {
+                (_, job) => rt::spawn_boxed(async move {
                     proxy::serve(&context, stream, job).await;
                     drop(in_flight);
                 }),

@@ -124,7 +124,7 @@ impl PendingResponse for H1Pending {
 
 impl ResponseBody for H1Body {
     fn is_end(&self) -> bool {
-        self.ended
+        self.ended && self.trailers.is_none()
     }
 
     async fn next_chunk(&mut self) -> Option<Result<Bytes, BodyFailure>> {
