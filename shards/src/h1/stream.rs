@@ -19,7 +19,7 @@ use http_body::{Body, Frame};
 use hyper::body::Incoming;
 
 use crate::http::response::tcp_client_fields;
-use crate::http::{Abort, BodyRead, Downstream, Leftover, ReadError, Sent, StreamGone};
+use crate::http::{to_keep, Abort, BodyRead, Downstream, Leftover, ReadError, Sent, StreamGone};
 
 /// The response ended before it was complete; hyper then closes the connection, the only way
 /// HTTP/1.1 has to tell a client that a response is cut short.
@@ -197,7 +197,7 @@ impl Downstream for H1Stream {
         Ok(())
     }
 
-    async fn write_body(&self, data: &[u8], end: bool) -> Sent {
+    async fn write_body(&self, data: Bytes, end: bool) -> Sent {
         if data.is_empty() {
             if !end {
                 return Ok(());
@@ -210,8 +210,7 @@ impl Downstream for H1Stream {
             channel.wake_consumer();
             return Ok(());
         }
-        self.queue(Frame::data(Bytes::copy_from_slice(data)), end)
-            .await
+        self.queue(Frame::data(to_keep(data)), end).await
     }
 
     async fn send_trailers(&self, trailers: &HeaderMap) -> Sent {

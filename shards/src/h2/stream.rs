@@ -15,7 +15,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Response};
 
 use crate::http::response::tcp_client_fields;
-use crate::http::{Abort, BodyRead, Downstream, Leftover, ReadError, Sent, StreamGone};
+use crate::http::{to_keep, Abort, BodyRead, Downstream, Leftover, ReadError, Sent, StreamGone};
 
 enum Sender {
     Head(SendResponse<Bytes>),
@@ -134,7 +134,7 @@ impl Downstream for H2Stream {
         Ok(())
     }
 
-    async fn write_body(&self, data: &[u8], end: bool) -> Sent {
+    async fn write_body(&self, data: Bytes, end: bool) -> Sent {
         if data.is_empty() {
             if !end {
                 return Ok(());
@@ -147,7 +147,7 @@ impl Downstream for H2Stream {
             *sender = Sender::Done;
             return Ok(());
         }
-        self.send_chunk(Bytes::copy_from_slice(data), end).await
+        self.send_chunk(to_keep(data), end).await
     }
 
     async fn send_trailers(&self, trailers: &HeaderMap) -> Sent {

@@ -13,6 +13,7 @@ use ahash::AHashMap;
 use quiche::h3::{Header, WireErrorCode};
 
 use crate::quic::endpoint::Session;
+use crate::quic::QuicConnection;
 
 /// What the session tells a stream's request task.
 #[derive(Default)]
@@ -73,7 +74,7 @@ impl H3Session {
     /// bytes of streams nobody reads any more.
     pub fn poll(
         &mut self,
-        quic: &mut quiche::Connection,
+        quic: &mut QuicConnection,
         requests: &mut Vec<NewRequest>,
         discard: &mut [u8],
     ) -> Polled {
@@ -142,7 +143,7 @@ impl H3Session {
     /// Whether a new request stream is served. After our GOAWAY, streams from its id on are
     /// refused with H3_REQUEST_REJECTED: never processed, so the client may retry them elsewhere
     /// (RFC 9114 §5.2).
-    fn admit(&mut self, quic: &mut quiche::Connection, stream_id: u64) -> bool {
+    fn admit(&mut self, quic: &mut QuicConnection, stream_id: u64) -> bool {
         self.next_request_stream = self.next_request_stream.max(stream_id + 4);
         if self
             .goaway_from
@@ -156,7 +157,7 @@ impl H3Session {
         true
     }
 
-    fn discard_body(&mut self, quic: &mut quiche::Connection, stream_id: u64, buf: &mut [u8]) {
+    fn discard_body(&mut self, quic: &mut QuicConnection, stream_id: u64, buf: &mut [u8]) {
         while let Ok(n) = self.h3.recv_body(quic, stream_id, buf) {
             if n == 0 {
                 break;
@@ -166,7 +167,7 @@ impl H3Session {
 }
 
 impl Session for H3Session {
-    fn open(quic: &mut quiche::Connection) -> Result<Self, String> {
+    fn open(quic: &mut QuicConnection) -> Result<Self, String> {
         let mut config = quiche::h3::Config::new().map_err(|e| e.to_string())?;
         // quiche closes the whole connection (H3_EXCESSIVE_LOAD) for a field section over this,
         // before Spooky sees it; set well above `limits.max_header_bytes` so that a request
@@ -200,7 +201,7 @@ impl Session for H3Session {
         self.streams.is_empty()
     }
 
-    fn start_drain(&mut self, quic: &mut quiche::Connection) {
+    fn start_drain(&mut self, quic: &mut QuicConnection) {
         // The server's GOAWAY names the first request stream it will not process (RFC 9114
         // §5.2): every request already opened is still served.
         let first_refused = self.next_request_stream;

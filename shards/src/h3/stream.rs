@@ -1,8 +1,8 @@
 //! One request's access to its HTTP/3 stream: the [`Downstream`] implementation for HTTP/3.
 //!
 //! Request tasks move bytes between quiche and their backend themselves, under a short borrow of
-//! the shard's connection table: no intermediate queue, no copy beyond the one into quiche's send
-//! buffer. When quiche cannot take or give more, the task parks its waker in the stream's slot and
+//! the shard's connection table: no intermediate queue, and a body chunk joins quiche's send
+//! queue as the `Bytes` it is ([`crate::quic::buffers`]). When quiche cannot take or give more, the task parks its waker in the stream's slot and
 //! the session wakes it when a packet changes that (data arrived, flow-control credit arrived, the
 //! client reset the stream or the connection closed).
 
@@ -11,16 +11,20 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Poll;
 
+use bytes::Bytes;
 use http::HeaderMap;
 use quiche::h3::{HeaderRef, NameValue, WireErrorCode};
 
 use super::session::StreamSlot;
 use super::Connections;
+use crate::http::downstream::KEEP_CHUNKS_FROM;
 use crate::http::response::{forwardable_fields, response_fields, status_digits};
 use crate::http::{
     translate_request_trailers, Abort, BodyRead, Downstream, ReadError, Sent, StreamGone,
 };
+use crate::quic::buffers::StreamBuf;
 use crate::quic::cid::ServerCid;
+use crate::quic::QuicConnection;
 
 /// Identifies one request stream across the shard. The serial guards against a connection ID that
 /// is reused by a later connection after the first one closed.
@@ -75,7 +79,7 @@ impl H3Stream {
     /// Runs `f` on the stream's connection and slot, then queues the connection for sending.
     fn with_stream<R>(
         &self,
-        f: impl FnOnce(&mut quiche::Connection, &mut quiche::h3::Connection, &mut StreamSlot) -> R,
+        f: impl FnOnce(&mut QuicConnection, &mut quiche::h3::Connection, &mut StreamSlot) -> R,
     ) -> Result<R, StreamGone> {
         let key = self.key;
         let mut endpoint = self.conns.endpoint.borrow_mut();
@@ -143,25 +147,27 @@ impl Downstream for H3Stream {
         self.send_fields(&fields, true, true).await
     }
 
-    async fn write_body(&self, data: &[u8], end: bool) -> Sent {
+    async fn write_body(&self, data: Bytes, end: bool) -> Sent {
         // Writing nothing without `end` is a no-op (quiche would refuse it).
         if data.is_empty() && !end {
             return Ok(());
         }
         let stream_id = self.key.stream_id;
-        let mut written = 0;
+        // What is not written yet. quiche queues the part it takes as it is (see
+        // `quic::buffers`) and leaves the rest here; after a complete write it leaves the
+        // written bytes in place, so only the count tells that nothing is left.
+        let mut rest = if data.len() < KEEP_CHUNKS_FROM {
+            StreamBuf::copied(&data)
+        } else {
+            StreamBuf::Kept(data)
+        };
         poll_fn(|cx| {
             let attempt = self.with_stream(|quic, h3, slot| loop {
-                match h3.send_body(quic, stream_id, &data[written..], end) {
-                    Ok(n) => {
-                        written += n;
-                        if written == data.len() {
-                            return Poll::Ready(Ok(()));
-                        }
-                        if n == 0 {
-                            return park(slot, cx);
-                        }
-                    }
+                let len = rest.as_ref().len();
+                match h3.send_body_zc(quic, stream_id, &mut rest, end) {
+                    Ok(n) if n == len => return Poll::Ready(Ok(())),
+                    Ok(0) => return park(slot, cx),
+                    Ok(_) => {}
                     Err(quiche::h3::Error::Done) => return park(slot, cx),
                     Err(e) => return failed("send_body", stream_id, e),
                 }

@@ -19,6 +19,40 @@ pub struct StreamGone;
 /// The outcome of a write to the client stream.
 pub type Sent = Result<(), StreamGone>;
 
+/// Response chunks shorter than this are copied before a client's stream keeps them (until the
+/// client has them); longer ones are kept as they are. A chunk from a backend is
+/// a slice of that connection's read buffer, which holds many small responses: kept as a slice,
+/// one small response that a client leaves unacknowledged would hold the whole buffer, and
+/// stalled clients could pin many times the memory they asked for. A chunk this long pins at
+/// most a few times its own size (bulk responses come in DATA frames of 16 KiB and more, up to
+/// the 256 KiB the backend pools allow), so keeping it saves the copy at little risk.
+pub const KEEP_CHUNKS_FROM: usize = 8 * 1024;
+
+/// `chunk`, copied when it is short (see [`KEEP_CHUNKS_FROM`]).
+pub fn to_keep(chunk: Bytes) -> Bytes {
+    if chunk.len() < KEEP_CHUNKS_FROM {
+        Bytes::copy_from_slice(&chunk)
+    } else {
+        chunk
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_chunks_are_copied_and_long_ones_kept_as_they_are() {
+        let read_buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let short = read_buffer.slice(..KEEP_CHUNKS_FROM - 1);
+        let copied = to_keep(short.clone());
+        assert_eq!(copied, short);
+        assert_ne!(copied.as_ptr(), short.as_ptr());
+        let long = read_buffer.slice(..KEEP_CHUNKS_FROM);
+        assert_eq!(to_keep(long.clone()).as_ptr(), long.as_ptr());
+    }
+}
+
 /// One read from a request body.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BodyRead {
@@ -117,7 +151,9 @@ pub trait Downstream {
         end: bool,
     ) -> Result<(), StreamGone>;
     /// Writes all of `data` to the response body, waiting for flow-control credit as needed.
-    async fn write_body(&self, data: &[u8], end: bool) -> Sent;
+    /// A chunk of [`KEEP_CHUNKS_FROM`] bytes or more joins the client's stream as it is, a
+    /// shorter one as a copy.
+    async fn write_body(&self, data: Bytes, end: bool) -> Sent;
     /// Sends response trailers, which end the stream.
     async fn send_trailers(&self, trailers: &HeaderMap) -> Sent;
     /// Reads request body bytes into `buf`, waiting for the client when none are buffered.

@@ -7,7 +7,7 @@ pub mod request;
 pub mod response;
 
 pub use downstream::{
-    Abort, BodyRead, Downstream, Leftover, Protocol, ReadError, Sent, StreamGone,
+    to_keep, Abort, BodyRead, Downstream, Leftover, Protocol, ReadError, Sent, StreamGone,
 };
 pub use request::{
     translate_request, translate_request_trailers, ClientInfo, Malformed, RequestHead,

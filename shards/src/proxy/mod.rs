@@ -20,6 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures_lite::future;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::HeaderMap;
@@ -218,7 +219,7 @@ async fn reply<D: Downstream>(
     if downstream.send_head(status, &headers, false).await.is_err() {
         return Outcome::ClientGone;
     }
-    match downstream.write_body(body.as_bytes(), true).await {
+    match downstream.write_body(Bytes::from(body), true).await {
         Ok(()) => Outcome::Responded(status),
         Err(_) => Outcome::ClientGone,
     }

@@ -95,17 +95,18 @@ async fn response_body<D: Downstream, B: ResponseBody>(
         // and one write, not a second, empty one just to carry the end.
         ahead = ready_next(&mut body).await;
         let last = matches!(ahead, Some(None)) && body.is_end();
-        if downstream.write_body(&chunk, last).await.is_err() {
+        let len = chunk.len();
+        if downstream.write_body(chunk, last).await.is_err() {
             return Outcome::ClientGone;
         }
-        body.release(chunk.len());
+        body.release(len);
         if last {
             return Outcome::Responded(status);
         }
     }
     let finished = match body.trailers().await {
         Ok(Some(trailers)) => downstream.send_trailers(&trailers).await,
-        Ok(None) => downstream.write_body(&[], true).await,
+        Ok(None) => downstream.write_body(Bytes::new(), true).await,
         Err(failure) => {
             downstream.abort(abort_for(failure));
             return Outcome::Reset;

@@ -7,6 +7,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use http::HeaderMap;
 
 use crate::http::{Abort, BodyRead, Downstream, ReadError, Sent};
@@ -62,9 +63,10 @@ impl<D: Downstream> Downstream for Tallied<'_, D> {
         Ok(())
     }
 
-    async fn write_body(&self, data: &[u8], end: bool) -> Sent {
+    async fn write_body(&self, data: Bytes, end: bool) -> Sent {
+        let len = data.len() as u64;
         self.inner.write_body(data, end).await?;
-        self.bytes_out.set(self.bytes_out.get() + data.len() as u64);
+        self.bytes_out.set(self.bytes_out.get() + len);
         Ok(())
     }
 

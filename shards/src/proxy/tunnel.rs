@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_lite::future;
 use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use http::{HeaderValue, Method};
@@ -121,7 +121,7 @@ pub async fn open(
                 .is_ok()
                 && !body.is_empty()
             {
-                let _ = stream.write_body(&body, true).await;
+                let _ = stream.write_body(body, true).await;
             }
         }
         Err(e) => {
@@ -304,7 +304,7 @@ pub async fn serve_extended<D: Downstream>(
             {
                 return Outcome::ClientGone;
             }
-            if !body.is_empty() && downstream.write_body(&body, true).await.is_err() {
+            if !body.is_empty() && downstream.write_body(body, true).await.is_err() {
                 return Outcome::ClientGone;
             }
             Outcome::Responded(status)
@@ -347,29 +347,33 @@ async fn relay_stream<D: Downstream>(
         }
     };
     let down = async {
-        if !early.is_empty() && downstream.write_body(&early, false).await.is_err() {
+        if !early.is_empty() && downstream.write_body(early, false).await.is_err() {
             return Outcome::ClientGone;
         }
-        let mut buf = vec![0u8; BUFFER];
+        // Read into spare capacity and handed over as slices of it: the client's stream keeps
+        // or copies each chunk, with no copy of ours before that.
+        let mut buf = BytesMut::with_capacity(BUFFER);
         loop {
+            buf.reserve(BUFFER);
             let read = std::future::poll_fn(|cx| {
-                let mut read_buf = ReadBuf::new(&mut buf);
                 let mut stream = backend.borrow_mut();
-                Pin::new(&mut *stream)
-                    .poll_read(cx, &mut read_buf)
-                    .map_ok(|()| read_buf.filled().len())
+                tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut buf)
             })
             .await;
             match read {
                 Ok(0) => {
-                    return match downstream.write_body(&[], true).await {
+                    return match downstream.write_body(Bytes::new(), true).await {
                         Ok(()) => Outcome::Responded(200),
                         Err(_) => Outcome::ClientGone,
                     };
                 }
-                Ok(n) => {
+                Ok(_) => {
                     last_read.set(Instant::now());
-                    if downstream.write_body(&buf[..n], false).await.is_err() {
+                    if downstream
+                        .write_body(buf.split().freeze(), false)
+                        .await
+                        .is_err()
+                    {
                         return Outcome::ClientGone;
                     }
                 }

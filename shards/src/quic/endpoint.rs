@@ -29,6 +29,7 @@ use crate::net::source_limit::SourceLimiter;
 use crate::net::udp::{SendBatch, MAX_BATCH_BYTES};
 use crate::plan::{QuicSettings, RetryMode};
 use crate::quic::admission::Refusal;
+use crate::quic::buffers::QuicConnection;
 use crate::quic::cid::{as_server_cid, steering_key, CidMinter, ServerCid, SERVER_CID_LEN};
 use crate::quic::token::{TokenCheck, TokenMint, MAX_TOKEN_LEN};
 use crate::stats::ShardStats;
@@ -55,7 +56,7 @@ const INTERNAL_ERROR: u64 = 0x1;
 /// matter to the application.
 pub trait Session: Sized {
     /// Opens the application on an established (or 0-RTT) connection. `Err` closes it.
-    fn open(quic: &mut quiche::Connection) -> Result<Self, String>;
+    fn open(quic: &mut QuicConnection) -> Result<Self, String>;
     /// Flow-control credit arrived for `stream_id`.
     fn stream_writable(&mut self, stream_id: u64);
     /// The connection is gone: whoever waits on its streams must learn it.
@@ -63,12 +64,12 @@ pub trait Session: Sized {
     /// No request is in flight, so a draining endpoint may close the connection.
     fn is_idle(&self) -> bool;
     /// The endpoint stops taking requests: tell the peer (HTTP/3 GOAWAY).
-    fn start_drain(&mut self, quic: &mut quiche::Connection);
+    fn start_drain(&mut self, quic: &mut QuicConnection);
 }
 
 /// One QUIC connection and the application session on it.
 pub struct Connection<S> {
-    pub quic: quiche::Connection,
+    pub quic: QuicConnection,
     /// Present once the handshake allows application data.
     pub session: Option<S>,
     /// Distinguishes this connection from a later one that reuses its ID.
@@ -457,7 +458,7 @@ impl<S: Session> Endpoint<S> {
         // `quic::config`.)
         let ceiling = self.packet_ceiling(from, now);
         self.config.set_max_send_udp_payload_size(ceiling);
-        match quiche::accept(
+        match quiche::accept_with_buf_factory(
             &scid,
             odcid.as_ref(),
             self.local_addr,

@@ -27,7 +27,7 @@ struct Recorder {
 }
 
 impl Session for Recorder {
-    fn open(_quic: &mut quiche::Connection) -> Result<Self, String> {
+    fn open(_quic: &mut QuicConnection) -> Result<Self, String> {
         Ok(Recorder::default())
     }
     fn stream_writable(&mut self, stream_id: u64) {
@@ -39,7 +39,7 @@ impl Session for Recorder {
     fn is_idle(&self) -> bool {
         !self.busy
     }
-    fn start_drain(&mut self, _quic: &mut quiche::Connection) {
+    fn start_drain(&mut self, _quic: &mut QuicConnection) {
         DRAINED.with(|c| c.set(c.get() + 1));
     }
 }
