@@ -6,9 +6,10 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::python::{python, PythonServer};
-use common::Proxy;
+use common::{eventually, Proxy};
 use serde_json::Value;
 use spooky_bench::client::{Body, Request};
 
@@ -120,7 +121,21 @@ fn grpc_over_http3_keeps_trailers_and_gets_grpc_status_for_local_failures() {
     assert!(response.body.is_empty());
 
     // Spooky's own replies, as gRPC "trailers-only" responses: no route, and backend down.
+    // Down means refused connections: wait until the shard has seen its pooled connection to
+    // the stopped server close, or the request could go out on it first and fail mid-exchange
+    // (a different reply, "backend failed").
+    let stats = proxy.running.shard_stats()[0].clone();
+    let pooled = || stats.backend(0).map_or(0, |b| b.h2_connections.get());
+    assert_eq!(
+        pooled(),
+        1,
+        "the calls above went over one pooled connection"
+    );
     drop(server);
+    assert!(
+        eventually(Duration::from_secs(10), || pooled() == 0),
+        "the connection to the stopped backend is still open"
+    );
     let response = client
         .request(grpc_request("/spooky.Test/Echo", b"hello"))
         .unwrap();
