@@ -4,13 +4,15 @@
 # 3N requests of 1 KiB through the test backend) and prints the difference per request, so that
 # startup, handshakes and shutdown cancel out.
 #
-#   bench/instructions.sh [--requests N] [--rate R] [--quic 'KEY = VALUE'] SPOOKY [SPOOKY...]
+#   bench/instructions.sh [--requests N] [--rate R] [--handshakes] [--quic 'KEY = VALUE'] SPOOKY...
 #
 # --quic adds a line to the `[quic]` table of the configuration every run uses (repeatable), to
 # compare settings on one build, e.g. --quic 'path_mtu_discovery = false'.
 # --rate sends R requests a second (open loop) instead of as fast as the shard answers: at a low
 # rate the shard sleeps between requests, so the count includes what each sleep and wake-up costs
 # in user space (the runtime's, and everything that runs again with cold state).
+# --handshakes counts new connections instead: N and 3N handshakes, each connection closed once
+# it is established, and the difference per connection.
 #
 # Needs valgrind (Debian `valgrind`) and a release build of spooky-bench.
 set -euo pipefail
@@ -19,16 +21,18 @@ cd "$(dirname "$0")/.."
 requests=2000
 quic_extra=""
 rate_args=()
+mode_args=()
 while (($#)); do
   case "$1" in
     --requests) requests=$2; shift 2 ;;
     --rate) rate_args=(--rate "$2"); shift 2 ;;
+    --handshakes) mode_args=(--handshake-only); shift ;;
     --quic) quic_extra+="$2"$'\n'; shift 2 ;;
     *) break ;;
   esac
 done
 (($#)) || {
-  echo "usage: bench/instructions.sh [--requests N] [--rate R] [--quic 'KEY = VALUE'] SPOOKY [SPOOKY...]" >&2
+  echo "usage: bench/instructions.sh [--requests N] [--rate R] [--handshakes] [--quic 'KEY = VALUE'] SPOOKY [SPOOKY...]" >&2
   exit 2
 }
 command -v valgrind >/dev/null || { echo "instructions: valgrind is not installed" >&2; exit 1; }
@@ -83,7 +87,7 @@ EOF
     sleep 0.1
   done
   "$bench" load "https://localhost:$port/bytes/1024" --insecure --connections 4 --streams 8 \
-    --threads 1 --requests "$count" "${rate_args[@]}" >"$out.load" 2>&1
+    --threads 1 --requests "$count" "${rate_args[@]}" "${mode_args[@]}" >"$out.load" 2>&1
   kill -TERM "$pid"
   wait "$pid" || true
   grep -q "errors        none" "$out.load" || { cat "$out.load" >&2; exit 1; }
@@ -93,5 +97,7 @@ EOF
 for spooky in "$@"; do
   small=$(instructions "$spooky" "$requests")
   large=$(instructions "$spooky" $((3 * requests)))
-  echo "$spooky: $(((large - small) / (2 * requests))) instructions per request ($small for $requests, $large for $((3 * requests)))"
+  unit=request
+  ((${#mode_args[@]})) && unit=handshake
+  echo "$spooky: $(((large - small) / (2 * requests))) instructions per $unit ($small for $requests, $large for $((3 * requests)))"
 done
