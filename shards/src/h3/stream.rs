@@ -1,10 +1,11 @@
 //! One request's access to its HTTP/3 stream: the [`Downstream`] implementation for HTTP/3.
 //!
 //! Request tasks move bytes between quiche and their backend themselves, under a short borrow of
-//! the shard's connection table: no intermediate queue, and a body chunk joins quiche's send
-//! queue as the `Bytes` it is ([`crate::quic::buffers`]). When quiche cannot take or give more, the task parks its waker in the stream's slot and
-//! the session wakes it when a packet changes that (data arrived, flow-control credit arrived, the
-//! client reset the stream or the connection closed).
+//! the shard's connection table: no intermediate queue, and a long body chunk joins quiche's
+//! send queue as the `Bytes` it is ([`crate::quic::buffers`]). When quiche cannot take or give
+//! more, the task parks its waker in the stream's slot and the session wakes it when a packet
+//! changes that (data arrived, flow-control credit arrived, the client reset the stream or the
+//! connection closed).
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -17,10 +18,10 @@ use quiche::h3::{HeaderRef, NameValue, WireErrorCode};
 
 use super::session::StreamSlot;
 use super::Connections;
-use crate::http::downstream::KEEP_CHUNKS_FROM;
 use crate::http::response::{forwardable_fields, response_fields, status_digits};
 use crate::http::{
-    translate_request_trailers, Abort, BodyRead, Downstream, ReadError, Sent, StreamGone,
+    keep_as_is, translate_request_trailers, Abort, BodyRead, Downstream, ReadError, Sent,
+    StreamGone,
 };
 use crate::quic::buffers::StreamBuf;
 use crate::quic::cid::ServerCid;
@@ -156,10 +157,10 @@ impl Downstream for H3Stream {
         // What is not written yet. quiche queues the part it takes as it is (see
         // `quic::buffers`) and leaves the rest here; after a complete write it leaves the
         // written bytes in place, so only the count tells that nothing is left.
-        let mut rest = if data.len() < KEEP_CHUNKS_FROM {
-            StreamBuf::copied(&data)
-        } else {
+        let mut rest = if keep_as_is(&data) {
             StreamBuf::Kept(data)
+        } else {
+            StreamBuf::copied(&data)
         };
         poll_fn(|cx| {
             let attempt = self.with_stream(|quic, h3, slot| loop {

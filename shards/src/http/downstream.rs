@@ -26,14 +26,20 @@ pub type Sent = Result<(), StreamGone>;
 /// stalled clients could pin many times the memory they asked for. A chunk this long pins at
 /// most a few times its own size (bulk responses come in DATA frames of 16 KiB and more, up to
 /// the 256 KiB the backend pools allow), so keeping it saves the copy at little risk.
-pub const KEEP_CHUNKS_FROM: usize = 8 * 1024;
+const KEEP_CHUNKS_FROM: usize = 8 * 1024;
 
-/// `chunk`, copied when it is short (see [`KEEP_CHUNKS_FROM`]).
+/// Whether a client's stream may keep `chunk` as it is rather than a copy of it (see
+/// [`KEEP_CHUNKS_FROM`]); an empty chunk holds nothing.
+pub fn keep_as_is(chunk: &Bytes) -> bool {
+    chunk.is_empty() || chunk.len() >= KEEP_CHUNKS_FROM
+}
+
+/// `chunk` as a client's stream should keep it: itself, or a copy when it is short.
 pub fn to_keep(chunk: Bytes) -> Bytes {
-    if chunk.len() < KEEP_CHUNKS_FROM {
-        Bytes::copy_from_slice(&chunk)
-    } else {
+    if keep_as_is(&chunk) {
         chunk
+    } else {
+        Bytes::copy_from_slice(&chunk)
     }
 }
 
@@ -151,8 +157,7 @@ pub trait Downstream {
         end: bool,
     ) -> Result<(), StreamGone>;
     /// Writes all of `data` to the response body, waiting for flow-control credit as needed.
-    /// A chunk of [`KEEP_CHUNKS_FROM`] bytes or more joins the client's stream as it is, a
-    /// shorter one as a copy.
+    /// A long chunk joins the client's stream as it is, a short one as a copy ([`keep_as_is`]).
     async fn write_body(&self, data: Bytes, end: bool) -> Sent;
     /// Sends response trailers, which end the stream.
     async fn send_trailers(&self, trailers: &HeaderMap) -> Sent;

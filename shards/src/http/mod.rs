@@ -7,7 +7,8 @@ pub mod request;
 pub mod response;
 
 pub use downstream::{
-    to_keep, Abort, BodyRead, Downstream, Leftover, Protocol, ReadError, Sent, StreamGone,
+    keep_as_is, to_keep, Abort, BodyRead, Downstream, Leftover, Protocol, ReadError, Sent,
+    StreamGone,
 };
 pub use request::{
     translate_request, translate_request_trailers, ClientInfo, Malformed, RequestHead,

@@ -37,6 +37,7 @@ pub enum StreamBuf {
 }
 
 impl StreamBuf {
+    /// A copy of `data` of its own, as quiche makes one.
     pub fn copied(data: &[u8]) -> Self {
         StreamBuf::Copied(Arc::from(data), 0..data.len())
     }
